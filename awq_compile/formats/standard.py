@@ -1,0 +1,67 @@
+"""The standard packed layout our kernels read (GPTQ / compressed-tensors family, "v2" zeros).
+
+::
+
+    qweight int32 [K/8, N]     word [k8, n] holds rows 8*k8 .. 8*k8+7 of column n, row 8*k8+i in nibble i
+    bit   31..28   27..24  ...   7..4     3..0
+    row  8k8+7    8k8+6   ...   8k8+1    8k8+0
+    qzeros int32 [K/G, N/8]    packed along N, sequential: column 8j+i in nibble i; raw zero points
+                               (None for symmetric weights: implicit zero 8)
+    scales       [K/G, N]      any float dtype; the kernels compute in float32
+
+Codes 0..7 down one column pack to 0x76543210.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .awq import _nibbles, _words, pack_n_sequential, unpack_n_sequential
+from .unpacked import Unpacked
+
+__all__ = ["StandardWeight", "pack_k", "unpack_k", "from_unpacked", "to_unpacked"]
+
+
+@dataclasses.dataclass
+class StandardWeight:
+    qweight: torch.Tensor          # int32 [K/8, N]
+    qzeros: torch.Tensor | None    # int32 [K/G, N/8] or None
+    scales: torch.Tensor           # [K/G, N]
+    group_size: int
+
+    @property
+    def K(self) -> int:
+        return self.qweight.shape[0] * 8
+
+    @property
+    def N(self) -> int:
+        return self.qweight.shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.qzeros, self.scales) if t is not None)
+
+
+def pack_k(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [K, N] (K % 8 == 0) -> int32 [K/8, N]."""
+    K, N = codes.shape
+    if K % 8:
+        raise ValueError(f"K={K} is not a multiple of 8")
+    return _words(codes.reshape(K // 8, 8, N).transpose(1, 2))
+
+
+def unpack_k(packed: torch.Tensor) -> torch.Tensor:
+    """int32 [K/8, N] -> uint8 codes [K, N]."""
+    K8, N = packed.shape
+    return _nibbles(packed).transpose(1, 2).reshape(K8 * 8, N)
+
+
+def from_unpacked(u: Unpacked) -> StandardWeight:
+    return StandardWeight(pack_k(u.codes), None if u.zeros is None else pack_n_sequential(u.zeros),
+                          u.scales, u.group_size)
+
+
+def to_unpacked(w: StandardWeight) -> Unpacked:
+    zeros = None if w.qzeros is None else unpack_n_sequential(w.qzeros)
+    return Unpacked(unpack_k(w.qweight), zeros, w.scales, w.group_size)

@@ -1,0 +1,84 @@
+"""Run one plan entry: the bridge from a kernel id and config to the code that computes it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats.unpacked import dequantize
+from ..formats.standard import unpack_k
+from ..formats.awq import unpack_n_sequential
+from .registry import KERNELS, Plan, PlanEntry
+from .problem import Problem
+from .weights import Prepared
+
+__all__ = ["run_entry", "entry_for_device"]
+
+
+def _torch_dequant(x2d, prepared: Prepared, qweight, scales, bias):
+    q, qz, s = prepared.standard(qweight, scales)
+    zeros = None if qz is None else unpack_n_sequential(qz)
+    w = dequantize(unpack_k(q), zeros, s, prepared.group_size, x2d.dtype)
+    out = x2d @ w
+    return out if bias is None else out + bias
+
+
+def _cpu_int4pack(x2d, prepared: Prepared, qweight, scales, bias):
+    form = prepared.extra.get(("cpu_int4pack", x2d.dtype))
+    if form is None:
+        q, qz, s = prepared.standard(qweight, scales)
+        codes = unpack_k(q)                                    # [K, N] uint8
+        packed = torch._convert_weight_to_int4pack_for_cpu(codes.t().contiguous().to(torch.int32), 1)
+        s32 = s.to(torch.float32)
+        z = 8.0 if qz is None else unpack_n_sequential(qz).to(torch.float32)
+        # tinygemm computes (q - 8) * scale + zero, so zero = (8 - z) * scale
+        scale_zero = torch.stack([s32, (8.0 - z) * s32], dim=-1).to(x2d.dtype).contiguous()
+        form = (packed, scale_zero)
+        prepared.extra[("cpu_int4pack", x2d.dtype)] = form
+    packed, scale_zero = form
+    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), packed, prepared.group_size, scale_zero)
+    return out if bias is None else out + bias
+
+
+def _triton(kernel_id):
+    def run(x2d, prepared: Prepared, qweight, scales, bias, cfg):
+        from . import triton_w4a16
+
+        q, qz, s = prepared.standard(qweight, scales)
+        out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
+        return triton_w4a16.launch(kernel_id, x2d.contiguous(), q, qz, s, bias, out, prepared.group_size, cfg)
+    return run
+
+
+_RUNNERS = {
+    "torch_dequant": lambda x, p, q, s, b, cfg: _torch_dequant(x, p, q, s, b),
+    "cpu_int4pack": lambda x, p, q, s, b, cfg: _cpu_int4pack(x, p, q, s, b),
+    "triton_gemm": _triton("triton_gemm"),
+    "triton_gemv": _triton("triton_gemv"),
+}
+
+
+def entry_for_device(plan: Plan, m: int, device: torch.device, problem: Problem) -> PlanEntry:
+    """The plan's entry for M, unless the tensors live where that kernel cannot run.
+
+    A plan made for a GPU target can meet CPU tensors (explain for ``hip:gfx942`` on a laptop, then a
+    real call); those run the CPU path -- torch's int4 kernel where it applies, else dequant + matmul.
+    """
+    entry = plan.entry_for(m)
+    on_cpu = device.type == "cpu"
+    kernel = KERNELS[entry.kernel]
+    if on_cpu and "cpu" in kernel.families:
+        return entry
+    if not on_cpu and (kernel.uses_triton or entry.kernel == "torch_dequant"):
+        return entry
+    if on_cpu:
+        from ..target import Target
+
+        if KERNELS["cpu_int4pack"].can_implement(problem.with_m(m), Target("cpu")).ok:
+            return PlanEntry(entry.m_max, "cpu_int4pack")
+    return PlanEntry(entry.m_max, "torch_dequant")
+
+
+def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, scales, bias):
+    if bias is not None and bias.dtype != x2d.dtype:
+        bias = bias.to(x2d.dtype)
+    return _RUNNERS[entry.kernel](x2d, prepared, qweight, scales, bias, entry.config_dict)
