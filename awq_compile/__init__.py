@@ -1,0 +1,33 @@
+"""awq_compile: a torch.compile backend for AWQ 4-bit models.
+
+``torch.compile(model, backend="awq")`` finds the plain-PyTorch AWQ dequant + matmul subgraphs, verifies
+them on the real weights, repacks the weights to a standard layout and runs a Triton W4A16 GEMM chosen
+for the target (CUDA, ROCm, or a CPU path).  ``awq_compile.explain(model, *args)`` reports what it found.
+
+The package imports lazily: ``import awq_compile`` is cheap (torch's import may load it through the
+``torch.backends`` entry point that registers the ``awq`` log name).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["explain", "awq_backend", "Target", "Options", "Report", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("explain", "Report"):
+        from . import report
+
+        return getattr(report, name)
+    if name == "awq_backend":
+        from .backend import awq_backend
+
+        return awq_backend
+    if name == "Target":
+        from .target import Target
+
+        return Target
+    if name == "Options":
+        from .options import Options
+
+        return Options
+    raise AttributeError(f"module 'awq_compile' has no attribute {name!r}")

@@ -1,0 +1,134 @@
+"""Helpers for the matching pass: recognise matmul nodes, cut out and evaluate a weight's subgraph.
+
+The graphs are Dynamo's torch-level IR, so one matmul has many spellings; each spelling below is
+normalised to ``(x, weight, bias, orientation)`` where orientation ``"kn"`` means ``y = x @ W`` and
+``"nk"`` means ``y = x @ W.T`` (``F.linear``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx
+from torch.fx.node import map_arg
+
+__all__ = ["MatmulSite", "matmul_site", "weight_subgraph", "evaluate", "WeightSubgraph"]
+
+aten = torch.ops.aten
+_MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.mm, aten.mm.default, aten.matmul.default}
+_MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
+_LINEAR_FUNCS = {torch._C._nn.linear, torch.nn.functional.linear, aten.linear.default}
+_ADDMM_FUNCS = {torch.addmm, aten.addmm.default}
+
+
+@dataclasses.dataclass
+class MatmulSite:
+    node: torch.fx.Node
+    x: torch.fx.Node
+    weight: torch.fx.Node
+    bias: torch.fx.Node | None
+    orientation: str  # "kn" or "nk"
+
+
+def _arg(node, i, name):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name)
+
+
+def matmul_site(node: torch.fx.Node) -> MatmulSite | None | str:
+    """The matmul this node performs, None if it is no matmul, or a reason string if it is one we
+    recognise but cannot take (e.g. ``addmm`` with beta/alpha)."""
+    if node.op == "call_function":
+        t = node.target
+        if t in _MATMUL_FUNCS:
+            x, w = node.args[0], node.args[1]
+            return _site(node, x, w, None, "kn")
+        if t in _LINEAR_FUNCS:
+            return _site(node, _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias"), "nk")
+        if t in _ADDMM_FUNCS:
+            if any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+                return "addmm with beta/alpha other than 1"
+            return _site(node, node.args[1], node.args[2], node.args[0], "kn")
+    elif node.op == "call_method" and node.target in _MATMUL_METHODS:
+        return _site(node, node.args[0], node.args[1], None, "kn")
+    return None
+
+
+def _site(node, x, w, bias, orientation):
+    if not isinstance(x, torch.fx.Node) or not isinstance(w, torch.fx.Node):
+        return None
+    if bias is not None and not isinstance(bias, torch.fx.Node):
+        return "bias is not a tensor"
+    return MatmulSite(node, x, w, bias, orientation)
+
+
+@dataclasses.dataclass
+class WeightSubgraph:
+    nodes: list[torch.fx.Node]         # in graph order, computing nodes only
+    leaves: list[torch.fx.Node]        # placeholders and get_attrs it reads
+    reason: str | None = None          # why it cannot be a constant weight
+
+
+def _inputs(node):
+    found = []
+    map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def weight_subgraph(weight: torch.fx.Node, static: set, max_nodes: int = 400) -> WeightSubgraph:
+    """Everything ``weight`` depends on, stopping at placeholders and get_attrs.
+
+    Acceptable only when every leaf is a weight (``static``: parameter/buffer placeholder or get_attr)
+    and every other node is a function or method call; input-free factories (``arange``) are fine.
+    """
+    seen, order, leaves = set(), [], []
+    stack = [weight]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op in ("placeholder", "get_attr"):
+            if n not in static:
+                return WeightSubgraph([], [], f"the weight depends on the runtime input '{n.name}' "
+                                              "(a graph input that is not a parameter or buffer)")
+            leaves.append(n)
+            continue
+        if n.op == "call_module":
+            return WeightSubgraph([], [], f"the weight is computed by a submodule call ({n.target})")
+        if n.op != "call_function" and n.op != "call_method":
+            return WeightSubgraph([], [], f"unexpected node kind {n.op} in the weight computation")
+        order.append(n)
+        if len(order) > max_nodes:
+            return WeightSubgraph([], [], f"the weight computation has more than {max_nodes} nodes")
+        stack.extend(_inputs(n))
+    if not leaves:
+        return WeightSubgraph([], [], "the weight reads no parameter or buffer")
+    position = {n: i for i, n in enumerate(weight.graph.nodes)}
+    order.sort(key=position.__getitem__)
+    return WeightSubgraph(order, leaves)
+
+
+def evaluate(sub: WeightSubgraph, values: dict) -> torch.Tensor:
+    """Run the subgraph on the real tensors; intermediates are freed as soon as their last use is done."""
+    env = {leaf: values[leaf] for leaf in sub.leaves}
+    members = set(sub.nodes)
+    remaining = {n: sum(1 for u in n.users if u in members) for n in sub.nodes}
+    with torch.no_grad():
+        for n in sub.nodes:
+            args, kwargs = map_arg((n.args, n.kwargs), lambda a: env[a])
+            if n.op == "call_function":
+                out = n.target(*args, **kwargs)
+            else:
+                self_obj, *rest = args
+                out = getattr(self_obj, n.target)(*rest, **kwargs)
+            env[n] = out
+            for a in set(_inputs(n)):
+                if a in remaining:
+                    remaining[a] -= 1
+                    if remaining[a] == 0 and a is not sub.nodes[-1]:
+                        env.pop(a, None)
+    return env[sub.nodes[-1]]
