@@ -21,7 +21,7 @@ import torch
 from .awq import _nibbles, _words, pack_n_sequential, unpack_n_sequential
 from .unpacked import Unpacked
 
-__all__ = ["StandardWeight", "pack_k", "unpack_k", "from_unpacked", "to_unpacked"]
+__all__ = ["StandardWeight", "pack_k", "unpack_k", "from_unpacked", "to_unpacked", "dequantize_standard"]
 
 
 @dataclasses.dataclass
@@ -65,3 +65,21 @@ def from_unpacked(u: Unpacked) -> StandardWeight:
 def to_unpacked(w: StandardWeight) -> Unpacked:
     zeros = None if w.qzeros is None else unpack_n_sequential(w.qzeros)
     return Unpacked(unpack_k(w.qweight), zeros, w.scales, w.group_size)
+
+
+def dequantize_standard(qweight: torch.Tensor, qzeros: torch.Tensor | None, scales: torch.Tensor, group_size: int,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[K, N] weight straight from the standard layout: (q - z) * s in float32, rounded once to ``dtype``.
+
+    The per-call fallback path; one int32 temporary of the weight's size, no uint8 round trip.
+    """
+    K8, N = qweight.shape
+    K, G = K8 * 8, group_size
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
+    q = ((qweight[:, None, :] >> shifts[None, :, None]) & 15).view(K // G, G, N).to(torch.float32)
+    if qzeros is None:
+        q = q - 8.0
+    else:
+        z = (qzeros[:, :, None] >> shifts[None, None, :]) & 15
+        q = q - z.view(K // G, 1, N).to(torch.float32)
+    return (q * scales.to(torch.float32).view(K // G, 1, N)).view(K, N).to(dtype)

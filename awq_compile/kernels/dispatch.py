@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..formats.unpacked import dequantize
-from ..formats.standard import unpack_k
 from ..formats.awq import unpack_n_sequential
+from ..formats.standard import dequantize_standard, unpack_k
 from .registry import KERNELS, Plan, PlanEntry
 from .problem import Problem
 from .weights import Prepared
@@ -16,9 +15,12 @@ __all__ = ["run_entry", "entry_for_device"]
 
 def _torch_dequant(x2d, prepared: Prepared, qweight, scales, bias):
     q, qz, s = prepared.standard(qweight, scales)
-    zeros = None if qz is None else unpack_n_sequential(qz)
-    w = dequantize(unpack_k(q), zeros, s, prepared.group_size, x2d.dtype)
-    out = x2d @ w
+    if x2d.device.type == "cpu":
+        # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
+        w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
+        out = (x2d.to(torch.float32) @ w).to(x2d.dtype)
+    else:
+        out = x2d @ dequantize_standard(q, qz, s, prepared.group_size, x2d.dtype)
     return out if bias is None else out + bias
 
 

@@ -94,10 +94,12 @@ KERNELS: dict[str, KernelSpec] = {k.id: k for k in (
                ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16"), m_max=4),
     KernelSpec("triton_gemm", "Triton tiled fused W4A16 GEMM on the matrix units, optional split-K",
                ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16")),
-    KernelSpec("cpu_int4pack", "torch._weight_int4pack_mm_for_cpu on weights repacked for it",
-               ("cpu",), False, ("float16", "bfloat16", "float32"), extra_check=_cpu_int4pack_check),
-    KernelSpec("torch_dequant", "fallback: dequantise the standard layout per call, then torch.matmul "
-               "(weights stay 4-bit in memory; slower than fused)",
+    # bf16 only: on CPUs without native fp16 math torch's int4 kernel ran fp16 ~35x slower than bf16
+    # (measured on the 2-core CI machine, 2026-11-24); fp16/fp32 take the dequant + fp32 matmul path.
+    KernelSpec("cpu_int4pack", "torch._weight_int4pack_mm_for_cpu on weights repacked for it (bf16)",
+               ("cpu",), False, ("bfloat16",), extra_check=_cpu_int4pack_check),
+    KernelSpec("torch_dequant", "dequantise the standard layout per call, then matmul (fp32 on CPU); "
+               "weights stay 4-bit in memory, at the cost of one dequantisation per call",
                ("cpu", "cuda", "cdna", "rdna"), False, ("float16", "bfloat16", "float32")),
 )}
 
