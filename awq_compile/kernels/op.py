@@ -94,17 +94,17 @@ def _(x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_d
 def _setup_context(ctx, inputs, output):
     x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_digest = inputs
     ctx.save_for_backward(qweight, qzeros, scales)
-    ctx.meta = (fmt, group_size, bias is not None)
+    ctx.meta = (fmt, group_size, bias is not None, len(aux))
 
 
 def _backward(ctx, grad):
     # d/dx of x @ W is grad @ W^T; the weights themselves are constants (no gradient).
     qweight, qzeros, scales = ctx.saved_tensors
-    fmt, group_size, has_bias = ctx.meta
+    fmt, group_size, has_bias, n_aux = ctx.meta
     w = get_format(fmt).to_unpacked(qweight, qzeros, scales).dequantize(grad.dtype)
     grad_x = grad @ w.t()
     grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias else None
-    return grad_x, None, None, None, grad_bias, None, None, None, None, None, None
+    return grad_x, None, None, None, grad_bias, [None] * n_aux, None, None, None, None, None
 
 
 w4a16_linear.register_autograd(_backward, setup_context=_setup_context)

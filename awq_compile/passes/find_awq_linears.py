@@ -34,6 +34,8 @@ def _module_path(source_name: str) -> str | None:
     names = [a or b or c for a, b, c in parts]
     if len(names) < 1:
         return None
+    if len(names) == 1 and re.match(r"^[LG]\['self'\]", source_name):
+        return "<root>"  # a buffer of the compiled module itself
     return ".".join(names[:-1]) or None
 
 

@@ -1,0 +1,157 @@
+"""The custom op: numerics of the CPU paths, input validation, fake tensors, the weight cache."""
+
+import gc
+
+import pytest
+import torch
+
+import awq_compile.kernels.op  # noqa: F401  registers torch.ops.awq_compile
+from awq_compile.formats import quantize, to_awq, to_gptq
+from awq_compile.kernels.registry import select
+from awq_compile.kernels.problem import Problem
+from awq_compile.kernels.weights import WeightCache, weight_cache
+from awq_compile.target import Target
+from _util import rel_err
+
+op = torch.ops.awq_compile.w4a16_linear
+
+
+def make(K=256, N=64, G=64, dtype=torch.float16, symmetric=False, fmt="awq"):
+    u = quantize(torch.randn(K, N), G, symmetric=symmetric)
+    u.scales = u.scales.to(dtype)
+    packed = to_awq(u) if fmt.startswith("awq") else to_gptq(u)
+    return u, packed
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kernel", ["cpu_int4pack", "torch_dequant"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cpu_paths_match_float64(dtype, kernel, symmetric):
+    fmt = "awq_sym" if symmetric else "awq"
+    u, (q, qz, s) = make(dtype=dtype, symmetric=symmetric)
+    x = torch.randn(2, 5, 256, dtype=dtype)
+    bias = torch.randn(64, dtype=dtype)
+    y = op(x, q, qz, s, bias, [], "t", fmt, 64, f"*:{kernel}", "")
+    ref = x.double() @ u.dequantize(torch.float64) + bias.double()
+    assert y.shape == (2, 5, 64) and y.dtype == dtype
+    assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+def test_plan_for_gpu_target_still_runs_on_cpu_tensors():
+    u, (q, qz, s) = make()
+    plan = select(Problem(256, 64, 64, True, "float16"), Target.parse("hip:gfx942")).encode()
+    x = torch.randn(3, 256, dtype=torch.float16)
+    assert rel_err(op(x, q, qz, s, None, [], "t", "awq", 64, plan, ""), x.double() @ u.dequantize(torch.float64)) < 2e-3
+
+
+def test_gptq_source_layout():
+    u, (q, qz, s) = make(fmt="gptq_v2")
+    x = torch.randn(4, 256, dtype=torch.float16)
+    y = op(x, q, qz, s, None, [], "t", "gptq_v2", 64, "*:torch_dequant", "")
+    assert rel_err(y, x.double() @ u.dequantize(torch.float64)) < 2e-3
+
+
+def test_empty_batch():
+    u, (q, qz, s) = make()
+    y = op(torch.randn(0, 256, dtype=torch.float16), q, qz, s, None, [], "t", "awq", 64, "*:torch_dequant", "")
+    assert y.shape == (0, 64)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda a: a.update(x=torch.randn(3, 128, dtype=torch.float16)), "in_features.*expected 256"),
+    (lambda a: a.update(x=torch.randn(3, 256).to(torch.int32)), "activation dtype"),
+    (lambda a: a.update(qweight=a["qweight"].to(torch.int64)), "qweight"),
+    (lambda a: a.update(scales=a["scales"][:, :32]), r"scales: expected float \[4, 64\]"),
+    (lambda a: a.update(qzeros=a["qzeros"][:2]), "qzeros"),
+    (lambda a: a.update(qzeros=None), "qzeros"),
+    (lambda a: a.update(bias=torch.randn(65, dtype=torch.float16)), "bias"),
+    (lambda a: a.update(group_size=48), "group size"),
+])
+def test_bad_inputs_raise_naming_the_layer(mutate, message):
+    u, (q, qz, s) = make()
+    args = dict(x=torch.randn(3, 256, dtype=torch.float16), qweight=q, qzeros=qz, scales=s, bias=None,
+                group_size=64)
+    mutate(args)
+    with pytest.raises(ValueError, match="layer 'model.layers.3.mlp.up_proj'.*" + message):
+        op(args["x"], args["qweight"], args["qzeros"], args["scales"], args["bias"], [],
+           "model.layers.3.mlp.up_proj", "awq", args["group_size"], "*:torch_dequant", "")
+
+
+def test_fake_tensor_shapes_and_errors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    u, (q, qz, s) = make()
+    with FakeTensorMode() as mode:
+        fx = torch.empty(7, 3, 256, dtype=torch.float16)
+        fq, fz, fs = (mode.from_tensor(t) for t in (q, qz, s))
+        y = op(fx, fq, fz, fs, None, [], "t", "awq", 64, "*:torch_dequant", "")
+        assert y.shape == (7, 3, 64) and y.dtype == torch.float16
+        with pytest.raises(ValueError, match="layer 't'"):
+            op(torch.empty(7, 128, dtype=torch.float16), fq, fz, fs, None, [], "t", "awq", 64, "*:torch_dequant", "")
+
+
+def test_backward_through_the_op():
+    u, (q, qz, s) = make(dtype=torch.float32)
+    x = torch.randn(4, 256, requires_grad=True)
+    y = op(x, q, qz, s, None, [], "t", "awq", 64, "*:torch_dequant", "")
+    y.sum().backward()
+    ref = torch.ones(4, 64, dtype=torch.float64) @ u.dequantize(torch.float64).t()
+    assert rel_err(x.grad, ref) < 1e-5
+
+
+class TestWeightCache:
+    def test_hit_miss_and_in_place_reload(self):
+        cache = WeightCache()
+        u, (q, qz, s) = make()
+        a = cache.get("awq", q, qz, s)
+        assert cache.get("awq", q, qz, s) is a and cache.repacks == 1
+        u2, (q2, qz2, s2) = make()
+        q.copy_(q2)  # in-place reload bumps the version counter
+        b = cache.get("awq", q, qz, s)
+        assert b is not a and cache.repacks == 2
+        assert not torch.equal(a.qweight, b.qweight)
+
+    def test_other_instance_gets_its_own_entry(self):
+        cache = WeightCache()
+        _, (q1, z1, s1) = make()
+        _, (q2, z2, s2) = make()
+        p1, p2 = cache.get("awq", q1, z1, s1), cache.get("awq", q2, z2, s2)
+        assert p1 is not p2 and len(cache) == 2
+
+    def test_freed_weights_expire_and_address_reuse_is_not_aliased(self):
+        cache = WeightCache()
+        _, (q, qz, s) = make()
+        cache.get("awq", q, qz, s)
+        ptr = q.data_ptr()
+        del q, qz, s
+        gc.collect()
+        assert all(e.expired() for e in cache._entries.values())
+        # a new tensor at the same address must never see the stale entry
+        _, (q, qz, s) = make()
+        before = cache.repacks
+        cache.get("awq", q, qz, s)
+        assert cache.repacks == before + 1 or q.data_ptr() != ptr
+        assert len(cache) == 1  # the expired entry was swept
+
+    def test_aux_mismatch_raises(self):
+        cache = WeightCache()
+        _, (q, qz, s) = make()
+        idx = torch.arange(8)
+        from awq_compile.kernels.weights import digest
+
+        d = digest([idx])
+        cache.get("awq", q, qz, s, [idx], aux_digest=d)
+        with pytest.raises(RuntimeError, match="auxiliary tensor"):
+            cache.get("awq", q, qz, s, [idx.flip(0)], aux_digest=d)
+
+    def test_cache_does_not_keep_sources_alive(self):
+        import weakref
+
+        cache = weight_cache()
+        q, qz, s = make(fmt="gptq_v2")[1]
+        s = s.clone()  # the only reference is ours
+        ref = weakref.ref(s)
+        cache.get("gptq_v2", q, qz, s)
+        del s
+        gc.collect()
+        assert ref() is None
