@@ -70,12 +70,24 @@ class Target:
     # ---------------------------------------------------------------- parse / format
     @classmethod
     def parse(cls, spec: "str | Target") -> "Target":
-        """``"cpu"``, ``"cuda:sm90"``, ``"cuda:90"``, ``"cuda:sm_90a"``, ``"hip:gfx942"``, ``"hip:gfx942:sramecc+"``."""
+        """Read a target from text.
+
+        Accepted: ``cpu``; ``cuda:sm90``, ``cuda:90``, ``cuda:9.0``, ``cuda:sm_90a``; ``hip:gfx942``,
+        ``hip:gfx942:sramecc+:xnack-`` (a ROCm ``gcnArchName``); a bare ``sm90`` or ``gfx942``.
+        ``str(Target.parse(s))`` is the canonical spelling (``cuda:sm90``, ``hip:gfx942``).
+        """
         if isinstance(spec, Target):
             return spec
         text = str(spec).strip().lower()
+        if re.match(r"^gfx[0-9a-f]+(:|$)", text):
+            text = "hip:" + text
+        elif re.match(r"^sm_?\d+[af]?$", text):
+            text = "cuda:" + text
         if text.startswith("hip:gfx"):
-            text = text.split(":")[0] + ":" + text.split(":")[1]  # drop gcnArchName feature suffixes
+            text = ":".join(text.split(":")[:2])  # drop gcnArchName feature suffixes (":sramecc+:xnack-")
+        m = re.match(r"^cuda:(\d+)\.(\d+)$", text)
+        if m:
+            text = f"cuda:sm{m.group(1)}{m.group(2)}"
         m = _SPEC.match(text.replace("sm_", "sm"))
         if not m:
             raise ValueError(f"cannot parse target {spec!r}: expected 'cpu', 'cuda:smNN' or 'hip:gfxNNNN'")
@@ -125,6 +137,11 @@ class Target:
         if self.backend == "hip":
             return _HIP_ARCHS.get(self.arch, (64 if self.family == "cdna" else 32,))[0]
         return 32 if self.backend == "cuda" else 1
+
+    @property
+    def wave_size(self) -> int:
+        """Threads per wave/warp: 64 on CDNA, 32 on RDNA and NVIDIA (1 for cpu)."""
+        return self.warp_size
 
     @property
     def shared_memory(self) -> int:

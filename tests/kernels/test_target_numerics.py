@@ -1,0 +1,89 @@
+"""Numerics of each Triton kernel with the configs each CI target would use.
+
+The configs are the ones ``registry.select`` emits for the target on the representative layers (the
+same list ``check-target`` compiles); each runs at a scaled-down shape that keeps its tile, split-K and
+group size -- two column tiles with the second one ragged (N not a multiple of BLOCK_N), more than one
+row tile -- against a float64 reference on fresh random data, fp16 and bf16, with and without zero
+points, with bias.  On a CPU machine the kernels run in Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET before triton is imported); on a GPU machine they run on the GPU.  Launch options
+(warps, stages, AMD knobs) do not change results and are not modelled by the interpreter, so configs
+that differ only there are run once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from awq_compile.cli.check_target import plan_requests
+from awq_compile.formats import quantize
+from awq_compile.formats.standard import from_unpacked
+from awq_compile.target import CI_TARGETS, Target
+from _util import rel_err
+
+_LAUNCH_ONLY = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+
+
+@functools.lru_cache(maxsize=None)
+def _cases() -> list[tuple]:
+    """(kernel, config items, group size, [targets using it]) over every CI target, launch options aside."""
+    seen: dict[tuple, list] = {}
+    for t in CI_TARGETS:
+        findings, _ = plan_requests(Target.parse(t), dtypes=("float16",))
+        for f in findings.values():
+            r = f.request
+            cfg = tuple((k, v) for k, v in r.config if k not in _LAUNCH_ONLY)
+            seen.setdefault((r.kernel, cfg, r.group_size), [])
+            if t not in seen[(r.kernel, cfg, r.group_size)]:
+                seen[(r.kernel, cfg, r.group_size)].append(t)
+    return [(k, cfg, g, tuple(ts)) for (k, cfg, g), ts in sorted(seen.items())]
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _case_id(case):
+    kernel, cfg, g, targets = case
+    c = dict(cfg)
+    return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}-g{g}"
+
+
+def test_every_ci_target_contributes_configs():
+    covered = {t for case in _cases() for t in case[3]}
+    assert covered == set(CI_TARGETS)
+    assert {case[0] for case in _cases()} >= {"triton_gemv", "triton_gemm"}
+
+
+@pytest.mark.parametrize("case", _cases(), ids=_case_id)
+def test_kernel_config_matches_float64(case):
+    from awq_compile.kernels import triton_w4a16
+
+    kernel, cfg_items, G, targets = case
+    cfg = dict(cfg_items)
+    bm, bn = cfg.get("BLOCK_M", 1), cfg["BLOCK_N"]
+    split = cfg.get("SPLIT_K", 1)
+    K = G * max(2, split)                   # every split gets at least one group
+    N = bn + 8                              # two column tiles, the second ragged
+    M = bm + 1                              # two row tiles, the second ragged
+    dev = _device()
+    gen = torch.Generator().manual_seed(hash((kernel, cfg_items, G)) % 2**31)
+    for dtype, symmetric in ((torch.float16, False), (torch.bfloat16, True), (torch.bfloat16, False),
+                             (torch.float16, True)):
+        u = quantize(torch.randn(K, N, generator=gen), G, symmetric=symmetric)
+        u.scales = u.scales.to(dtype)
+        std = from_unpacked(u)
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        bias = torch.randn(N, generator=gen).to(dtype)
+        out = torch.empty(M, N, dtype=dtype, device=dev)
+        triton_w4a16.launch(kernel, x.to(dev), std.qweight.to(dev),
+                            None if std.qzeros is None else std.qzeros.to(dev), std.scales.to(dev),
+                            bias.to(dev), out, G, cfg)
+        ref = x.double() @ u.dequantize(torch.float64) + bias.double()
+        err = rel_err(out.cpu(), ref)
+        tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+        assert err < tol, (f"{kernel} {cfg} g{G} {dtype} zeros={not symmetric} (used by {', '.join(targets)}): "
+                           f"relative error {err:.2e}")
+        assert out.dtype == dtype and out.shape == (M, N)
