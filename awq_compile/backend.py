@@ -58,5 +58,6 @@ def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode:
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
+    mode = mode or opts.mode
     patches = list_mode_options(mode) if mode else {}
     return compile_fx(gm, example_inputs, config_patches=patches)

@@ -16,6 +16,9 @@ prepack              AWQ_COMPILE_PREPACK=0         repack the example weights at
 reuse_weight_memory  AWQ_COMPILE_REUSE_WEIGHTS=1   opt-in: repack into the source buffers, freeing the
                                                    extra copy; mutates the user's module (its eager
                                                    forward is then invalid)
+mode                 --                            Inductor mode ("reduce-overhead" for CUDA graphs,
+                                                   "max-autotune"); torch.compile refuses mode= together
+                                                   with options=, so it can be given here
 ===================  ============================  ==================================================
 
 Options given explicitly win over the environment; unknown option names raise.
@@ -58,6 +61,7 @@ class Options:
     dump_graphs: str | None = None
     prepack: bool = True
     reuse_weight_memory: bool = False
+    mode: str | None = None
     # internal: explain() collects reports and keeps the model untouched
     analysis_only: bool = False
     report_sink: Any = None
