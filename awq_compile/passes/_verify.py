@@ -11,6 +11,12 @@ every role assignment the shapes allow (qweight, qzeros, scales), dequantise our
   8-bit packing or non-group scales misses by whole quantisation steps and is refused.
 
 The result names the roles, the layout and the group size, or says why nothing matched.
+
+One example proves little when the example is degenerate: a model compiled before its checkpoint is
+loaded holds all-zero buffers, whose "dequantisation" is zero in every layout, wrong nibble orders and
+3-bit packings included.  So a match on the real tensors is confirmed by a *probe*
+(:func:`probe_tensors`): the same subgraph evaluated on random tensors of the matched layout must
+equal our dequantisation of those too (``find_awq_linears`` runs it).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from ..formats.sources import SOURCE_FORMATS, SourceFormat
 
-__all__ = ["Verified", "verify_weight"]
+__all__ = ["Verified", "verify_weight", "probe_tensors", "compare", "diagnose"]
 
 _UNIT_ROUNDOFF = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 2.0 ** -24,
                   torch.float64: 2.0 ** -53}
@@ -82,6 +88,76 @@ def _compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> tup
     return True, exact, ""
 
 
+def compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> str | None:
+    """None if W equals ``fmt``'s dequantisation of these tensors (within rounding), else why not."""
+    if not isinstance(W, torch.Tensor) or W.dim() != 2 or not W.is_floating_point():
+        return f"the weight is not a 2-D float matrix (found {getattr(W, 'dtype', type(W))})"
+    try:
+        ok, _, detail = _compare(W, fmt, qweight, qzeros, scales)
+    except RuntimeError as e:
+        return f"{type(e).__name__}: {e}"
+    return None if ok else detail
+
+
+def probe_tensors(fmt: SourceFormat, qweight, qzeros, scales, seed: int = 0x5EED):
+    """Random tensors of ``fmt``'s layout with the shapes, dtypes and device of the given ones.
+
+    Every nibble of the codes is uniform in 0..15; zero points in 0..14 (GPTQ v1 stores z - 1, and a
+    stored 15 would mean 16); scales positive, of the scales' dtype.  A private generator leaves the
+    global random state alone.
+    """
+    from ..formats.awq import pack_n_sequential
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-2 ** 31, 2 ** 31 - 1, tuple(qweight.shape), dtype=torch.int32, generator=g)
+    z = None
+    if qzeros is not None:
+        rows, words = qzeros.shape
+        z = pack_n_sequential(torch.randint(0, 15, (rows, words * 8), dtype=torch.uint8, generator=g))
+    s = torch.rand(tuple(scales.shape), generator=g) * 0.05 + 0.01
+    dev = qweight.device
+    return q.to(dev), None if z is None else z.to(dev), s.to(device=scales.device, dtype=scales.dtype)
+
+
+def _groupless_hint(leaves: dict, K: int, N: int) -> str | None:
+    """A specific reason when the scales cannot be group-wise for a [K, N] weight."""
+    for t in leaves.values():
+        if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N and t.shape[0] > 0 and K % t.shape[0]:
+            rows = t.shape[0]
+            return (f"K={K} is not a multiple of the group size: the scales have {rows} rows for {K} input "
+                    f"features (expected scales [K/G, {N}] with G dividing K, e.g. G={K // rows if K // rows else 1} "
+                    f"would need K={rows * max(1, K // rows)})")
+    return None
+
+
+def diagnose(leaves: dict, K: int, N: int) -> str | None:
+    """A specific, actionable reason for a refusal when one can be read off the tensors."""
+    hint = _groupless_hint(leaves, K, N)
+    if hint:
+        return hint
+    scale_rows = {t.shape[0] for t in leaves.values()
+                  if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N and K % t.shape[0] == 0}
+    for t in leaves.values():
+        if t.dim() == 1 and t.numel() == K and not t.is_floating_point() and t.dtype != torch.bool:
+            for rows in scale_rows:
+                trivial = torch.arange(K, device=t.device) // (K // rows)
+                if int(t.min()) >= 0 and int(t.max()) < rows and not torch.equal(t.to(torch.int64), trivial):
+                    return (f"act-order g_idx: the [{K}] group index is not arange(K) // {K // rows} (rows of K are "
+                            f"not grouped contiguously, desc_act=True); act-order layers are not supported. "
+                            f"Use a checkpoint quantised with desc_act=False, or reorder the layer's input "
+                            f"features so that g_idx is sorted")
+    for t in leaves.values():
+        if t.dtype == torch.int32 and t.dim() == 2:
+            for axis, dim in (("N", 1), ("K", 0)):
+                full = K if axis == "K" else N
+                if t.shape[dim] and full % t.shape[dim] == 0 and t.shape[1 - dim] == (N if axis == "K" else K):
+                    per = full // t.shape[dim]
+                    if per in (4, 2, 1):
+                        return (f"int32 {list(t.shape)} holds {per} value(s) per word along {axis} "
+                                f"({32 // per}-bit packing), expected 8 (4-bit); only 4-bit weights are supported")
+    return None
+
+
 def verify_weight(W: torch.Tensor, leaves: dict) -> Verified | str:
     """``leaves`` maps a key (the leaf node) to its real tensor.  Returns :class:`Verified` or why not."""
     if W.dim() != 2 or not W.is_floating_point():
@@ -99,10 +175,16 @@ def verify_weight(W: torch.Tensor, leaves: dict) -> Verified | str:
             if ok:
                 return Verified(fmt, qw, z, s, K // leaves[s].shape[0], exact)
             misses.append(f"{fmt.name}: {detail}")
+    hint = diagnose(leaves, K, N)
     if not misses:
         shapes = ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in leaves.values())
-        return (f"no 4-bit layout fits the tensors read ({shapes}) for a [{K}, {N}] weight: expected AWQ "
+        return ((hint + "; " if hint else "") +
+                f"no 4-bit layout fits the tensors read ({shapes}) for a [{K}, {N}] weight: expected AWQ "
                 f"qweight int32 [{K}, {N // 8}] or GPTQ qweight int32 [{K // 8}, {N}], float scales "
                 f"[K/G, {N}] and int32 qzeros [K/G, {N // 8}]")
-    return ("the dequantised weight equals no known 4-bit layout of these tensors (wrong nibble order, "
-            "other bit width, non-group scales or an act-order permutation?): " + "; ".join(misses[:3]))
+    if hint:
+        return hint
+    return ("the dequantised weight equals no known 4-bit layout of these tensors (expected the AWQ nibble "
+            "order [0, 4, 1, 5, 2, 6, 3, 7] along N or sequential nibbles along K, 4-bit codes, and scales "
+            "repeated group-wise along K; found a wrong nibble order, another bit width, non-group scales or "
+            "an act-order permutation); the layer runs as written. Details: " + "; ".join(misses[:3]))

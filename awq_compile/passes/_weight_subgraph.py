@@ -70,6 +70,8 @@ class WeightSubgraph:
     nodes: list[torch.fx.Node]         # in graph order, computing nodes only
     leaves: list[torch.fx.Node]        # placeholders and get_attrs it reads
     reason: str | None = None          # why it cannot be a constant weight
+    inputs: list[torch.fx.Node] = dataclasses.field(default_factory=list)  # leaves that are graph inputs
+                                       # not marked as parameters/buffers (see find_awq_linears)
 
 
 def _inputs(node):
@@ -78,13 +80,24 @@ def _inputs(node):
     return found
 
 
-def weight_subgraph(weight: torch.fx.Node, static: set, max_nodes: int = 400) -> WeightSubgraph:
+def _kind(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = None,
+                    max_nodes: int = 400) -> WeightSubgraph:
     """Everything ``weight`` depends on, stopping at placeholders and get_attrs.
 
-    Acceptable only when every leaf is a weight (``static``: parameter/buffer placeholder or get_attr)
-    and every other node is a function or method call; input-free factories (``arange``) are fine.
+    Every node must be a function or method call; input-free factories (``arange``) are fine.  Leaves
+    that are weights (``static``: parameter/buffer placeholders, get_attrs) are ordinary; tensor
+    placeholders that are not marked as weights are listed in ``inputs`` for the caller to judge (they
+    are acceptable only as the packed tensors themselves); a non-tensor input (a symbolic size) means
+    the weight's shape depends on the input, which is refused here.
     """
-    seen, order, leaves = set(), [], []
+    values = values if values is not None else {}
+    seen, order, leaves, inputs = set(), [], [], []
     stack = [weight]
     while stack:
         n = stack.pop()
@@ -93,28 +106,49 @@ def weight_subgraph(weight: torch.fx.Node, static: set, max_nodes: int = 400) ->
         seen.add(n)
         if n.op in ("placeholder", "get_attr"):
             if n not in static:
-                return WeightSubgraph([], [], f"the weight depends on the runtime input '{n.name}' "
-                                              "(a graph input that is not a parameter or buffer)")
+                v = values.get(n)
+                if not isinstance(v, torch.Tensor):
+                    return WeightSubgraph([], [], f"the weight depends on the runtime input '{n.name}' "
+                                                  f"(a graph input that is a {_kind(v)}, not a parameter or buffer)")
+                inputs.append(n)
             leaves.append(n)
             continue
         if n.op == "call_module":
-            return WeightSubgraph([], [], f"the weight is computed by a submodule call ({n.target})")
+            return WeightSubgraph([], [], f"the weight is computed by a submodule call ({n.target}); "
+                                          "expected plain tensor operations on the packed buffers")
         if n.op != "call_function" and n.op != "call_method":
             return WeightSubgraph([], [], f"unexpected node kind {n.op} in the weight computation")
         order.append(n)
         if len(order) > max_nodes:
-            return WeightSubgraph([], [], f"the weight computation has more than {max_nodes} nodes")
+            return WeightSubgraph([], [], f"the weight computation has more than {max_nodes} nodes; expected a "
+                                          "short dequantisation (shift, mask, reorder, scale)")
         stack.extend(_inputs(n))
     if not leaves:
         return WeightSubgraph([], [], "the weight reads no parameter or buffer")
     position = {n: i for i, n in enumerate(weight.graph.nodes)}
     order.sort(key=position.__getitem__)
-    return WeightSubgraph(order, leaves)
+    return WeightSubgraph(order, leaves, inputs=inputs)
 
 
-def evaluate(sub: WeightSubgraph, values: dict) -> torch.Tensor:
-    """Run the subgraph on the real tensors; intermediates are freed as soon as their last use is done."""
+_IN_PLACE_FUNCS = {operator.iand, operator.ior, operator.ixor, operator.iadd, operator.isub, operator.imul,
+                   operator.itruediv, operator.ifloordiv, operator.irshift, operator.ilshift, operator.setitem}
+
+
+def _in_place(node) -> bool:
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    name = getattr(node.target, "__name__", "")
+    return node.target in _IN_PLACE_FUNCS or (name.endswith("_") and not name.endswith("__"))
+
+
+def evaluate(sub: WeightSubgraph, values: dict, replace: dict | None = None) -> torch.Tensor:
+    """Run the subgraph on the real tensors (``replace``: leaf -> another tensor to use instead);
+    intermediates are freed as soon as their last use is done."""
     env = {leaf: values[leaf] for leaf in sub.leaves}
+    env.update(replace or {})
+    if any(_in_place(n) for n in sub.nodes):
+        # never let the user's in-place ops touch their own tensors while we evaluate
+        env = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
     members = set(sub.nodes)
     remaining = {n: sum(1 for u in n.users if u in members) for n in sub.nodes}
     with torch.no_grad():

@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from ._verify import Verified, verify_weight
+from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
 from .context import AwqMatch, PassContext, log
 
@@ -48,6 +48,11 @@ def layer_name(site_node, qweight_node) -> str:
     path = _module_path(name)
     if path:
         return path
+    local = re.fullmatch(r"L\['([^']+)'\]", name or "")
+    if local:  # a plain local of a resumed or free-function frame: no module path exists
+        func = re.findall(r", in (\w+)", site_node.meta.get("stack_trace") or "")
+        where = re.sub(r"^torch_dynamo_resume_in_(\w+?)_at_\d+$", r"\1", func[-1]) if func else ""
+        return f"<{local.group(1)} in {where}>" if where else f"<{local.group(1)}>"
     if qweight_node.op == "get_attr":
         return qweight_node.target.rsplit(".", 1)[0] if "." in qweight_node.target else qweight_node.target
     stack = site_node.meta.get("nn_module_stack") or {}
@@ -69,56 +74,102 @@ def _display_name(site_node) -> str:
     return f"<{site_node.name}>"
 
 
+def _dtype(t) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _oriented(W, orientation):
+    if orientation == "nk" and isinstance(W, torch.Tensor) and W.dim() == 2:
+        return W.t()
+    return W
+
+
+def _check_probe(sub, site, v: Verified, values: dict) -> str | None:
+    """Evaluate the subgraph again on random tensors of the matched layout; None if it still matches."""
+    qw, qz, s = probe_tensors(v.fmt, values[v.qweight], values.get(v.qzeros) if v.qzeros is not None else None,
+                              values[v.scales])
+    replace = {v.qweight: qw, v.scales: s}
+    if v.qzeros is not None:
+        replace[v.qzeros] = qz
+    try:
+        W = _oriented(evaluate(sub, values, replace), site.orientation)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return compare(W, v.fmt, qw, qz, s)
+
+
 def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     for node in list(gm.graph.nodes):
         site = matmul_site(node)
         if site is None:
             continue
+        name = _display_name(node)
         if isinstance(site, str):
-            ctx.skip(node, _display_name(node), site)
+            ctx.skip(node, name, site)
             continue
-        sub = weight_subgraph(site.weight, ctx.static)
+        sub = weight_subgraph(site.weight, ctx.static, ctx.values)
         if sub.reason:
-            ctx.skip(node, _display_name(node), sub.reason)
+            ctx.skip(node, name, sub.reason)
             continue
         leaves = {leaf: ctx.values[leaf] for leaf in sub.leaves}
         looks_quantized = any(t.dtype == torch.int32 for t in leaves.values())
+        runtime = ", ".join(f"'{n.name}'" for n in sub.inputs)
+        runtime_reason = (f"the weight depends on the runtime input {runtime} (a graph input that is not a "
+                          "parameter or buffer, and not one of the packed weight tensors)")
         if not sub.nodes:
-            kinds = {str(t.dtype).removeprefix("torch.") for t in leaves.values()}
-            ctx.skip(node, _display_name(node), f"not quantized: the weight is a plain {', '.join(sorted(kinds))} "
-                                                  "tensor, no dequantisation")
+            if sub.inputs:
+                ctx.skip(node, name, runtime_reason)
+                continue
+            kinds = {_dtype(t) for t in leaves.values()}
+            ctx.skip(node, name, f"not quantized: the weight is a plain {', '.join(sorted(kinds))} "
+                                 "tensor, no dequantisation")
             continue
         if not looks_quantized:
-            kinds = ", ".join(sorted({str(t.dtype).removeprefix('torch.') for t in leaves.values()}))
-            ctx.skip(node, _display_name(node), f"not quantized: the weight is computed from {kinds} tensors, "
-                                                  "no int32 packed codes")
+            if sub.inputs:
+                ctx.skip(node, name, runtime_reason)
+                continue
+            kinds = ", ".join(sorted({_dtype(t) for t in leaves.values()}))
+            ctx.skip(node, name, f"not quantized: the weight is computed from {kinds} tensors, "
+                                 "no int32 packed codes (only int32-packed 4-bit AWQ/GPTQ layouts are supported)")
             continue
         try:
             W = evaluate(sub, ctx.values)
         except Exception as e:  # noqa: BLE001 - any failure means: not ours
-            ctx.skip(node, _display_name(node), f"evaluating the weight computation failed: {type(e).__name__}: {e}",
-                     quantized_looking=True)
+            ctx.skip(node, name, f"evaluating the weight computation on the real tensors failed: "
+                                 f"{type(e).__name__}: {e}", quantized_looking=True)
             continue
-        if site.orientation == "nk" and isinstance(W, torch.Tensor) and W.dim() == 2:
-            W = W.t()
+        W = _oriented(W, site.orientation)
         if not isinstance(W, torch.Tensor):
-            ctx.skip(node, _display_name(node), "the weight computation does not produce a tensor")
+            ctx.skip(node, name, "the weight computation does not produce a tensor")
             continue
         verdict = verify_weight(W, leaves)
         if isinstance(verdict, str):
-            ctx.skip(node, _display_name(node), verdict, quantized_looking=True)
+            ctx.skip(node, name, runtime_reason if sub.inputs else verdict, quantized_looking=True)
+            continue
+        roles = {verdict.qweight, verdict.qzeros, verdict.scales}
+        if any(n not in roles for n in sub.inputs):
+            ctx.skip(node, name, runtime_reason, quantized_looking=True)
+            continue
+        miss = _check_probe(sub, site, verdict, ctx.values)
+        if miss is not None:
+            ctx.skip(node, name, f"the weight equals the {verdict.fmt.name} dequantisation of the tensors seen at "
+                                 f"compile time but not of other {verdict.fmt.name} weights, so it is not that "
+                                 "dequantisation in general (the example tensors do not pin the computation "
+                                 "down, e.g. all-zero buffers of a model compiled before its checkpoint was "
+                                 f"loaded, while the code computes something else): {miss}. Compile after "
+                                 "loading the real weights", quantized_looking=True)
             continue
         x_val = site.x.meta.get("example_value")
         act_dtype = x_val.dtype if isinstance(x_val, torch.Tensor) else W.dtype
         if act_dtype != W.dtype:
-            ctx.skip(node, _display_name(node), f"the activation is {act_dtype} but the weight is {W.dtype}",
-                     quantized_looking=True)
+            ctx.skip(node, name, f"the activation is {_dtype(x_val)} but the dequantised weight is {_dtype(W)}; "
+                                 "expected both of one dtype (cast the input or the scales)", quantized_looking=True)
             continue
         if site.bias is not None:
             bias_val = site.bias.meta.get("example_value")
             if isinstance(bias_val, torch.Tensor) and tuple(bias_val.shape) != (W.shape[1],):
-                ctx.skip(node, _display_name(node), f"bias of shape {tuple(bias_val.shape)} is not [N]",
-                         quantized_looking=True)
+                ctx.skip(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
+                                     "value per output feature)", quantized_looking=True)
                 continue
         _record(ctx, site, sub, verdict, W, act_dtype)
     return gm
