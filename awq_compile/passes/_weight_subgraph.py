@@ -137,8 +137,12 @@ _IN_PLACE_FUNCS = {operator.iand, operator.ior, operator.ixor, operator.iadd, op
 def _in_place(node) -> bool:
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.endswith("__")
+    if node.target in _IN_PLACE_FUNCS:
+        return True
+    if getattr(node.target, "__module__", None) in ("_operator", "operator"):  # operator.and_ is not in place
+        return False
     name = getattr(node.target, "__name__", "")
-    return node.target in _IN_PLACE_FUNCS or (name.endswith("_") and not name.endswith("__"))
+    return name.endswith("_") and not name.endswith("__")
 
 
 def evaluate(sub: WeightSubgraph, values: dict, replace: dict | None = None) -> torch.Tensor:

@@ -7,9 +7,15 @@ by PyTorch's naming rule) are kept explicitly.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .context import PassContext
+
+
+_OPERATOR_IN_PLACE = {operator.iand, operator.ior, operator.ixor, operator.iadd, operator.isub, operator.imul,
+                      operator.itruediv, operator.ifloordiv, operator.irshift, operator.ilshift, operator.setitem}
 
 
 def _in_place_name(name: str) -> bool:
@@ -22,7 +28,12 @@ def _impure(node: torch.fx.Node) -> bool:
     if node.op == "call_method":
         return _in_place_name(str(node.target))
     if node.op == "call_function":
-        return _in_place_name(getattr(node.target, "__name__", ""))
+        t = node.target
+        if t in _OPERATOR_IN_PLACE:
+            return True
+        if getattr(t, "__module__", None) in ("_operator", "operator"):  # operator.and_ is not in place
+            return False
+        return _in_place_name(getattr(t, "__name__", ""))
     return False
 
 
