@@ -56,6 +56,7 @@ _RUNNERS = {
     "cpu_int4pack": lambda x, p, q, s, b, cfg: _cpu_int4pack(x, p, q, s, b),
     "triton_gemm": _triton("triton_gemm"),
     "triton_gemv": _triton("triton_gemv"),
+    "triton_dequant_mm": _triton("triton_dequant_mm"),
 }
 
 

@@ -96,6 +96,9 @@ KERNELS: dict[str, KernelSpec] = {k.id: k for k in (
                ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16")),
     # bf16 only: on CPUs without native fp16 math torch's int4 kernel ran fp16 ~35x slower than bf16
     # (measured on the 2-core CI machine, 2026-11-24); fp16/fp32 take the dequant + fp32 matmul path.
+    KernelSpec("triton_dequant_mm", "large M: Triton dequantises the weight to the activation dtype, then "
+               "torch.matmul (cuBLAS / hipBLASLt) multiplies; chosen only where a table lists it for the M bucket",
+               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16")),
     KernelSpec("cpu_int4pack", "torch._weight_int4pack_mm_for_cpu on weights repacked for it (bf16)",
                ("cpu",), False, ("bfloat16",), extra_check=_cpu_int4pack_check),
     KernelSpec("torch_dequant", "dequantise the standard layout per call, then matmul (fp32 on CPU); "
@@ -104,7 +107,7 @@ KERNELS: dict[str, KernelSpec] = {k.id: k for k in (
 )}
 
 PRIORITY: dict[str, tuple[str, ...]] = {
-    "cuda": ("triton_gemv", "triton_gemm", "torch_dequant"),
+    "cuda": ("triton_gemv", "triton_dequant_mm", "triton_gemm", "torch_dequant"),
     "cdna": ("triton_gemv", "triton_gemm", "torch_dequant"),
     "rdna": ("triton_gemv", "triton_gemm", "torch_dequant"),
     "cpu": ("cpu_int4pack", "torch_dequant"),

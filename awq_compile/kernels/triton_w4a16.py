@@ -1,15 +1,26 @@
 """Triton W4A16 kernels over the standard layout (qweight int32 [K/8, N] packed along K).
 
-Two kernels share one dequantisation step, ``_dequant_tile``:
+Three kernels:
 
-* ``gemm`` -- tiled, ``tl.dot`` on the matrix units (mma/wgmma on NVIDIA, MFMA/WMMA on AMD), grouped
-  program order for L2 reuse, optional split-K.  fp32 accumulation.
-* ``gemv`` -- small M (decode): no matrix units, each program owns a BLOCK_N slice of columns and a
-  slice of K, multiplies in fp32 and reduces along K with ``tl.sum``.
+* ``triton_gemv`` -- decode-sized M.  No matrix units: each program owns BLOCK_N columns and a
+  contiguous run of groups (split-K).  The packed tile is read once with 16-byte loads along N; the
+  eight nibble planes of each word are decoded one at a time (compile-time shifts/masks) and multiplied
+  into fp32 by the activations.  Zero point and scale are applied once per *group* and column:
+  ``sum_k x_k (q_k - z) s = s * (sum_k x_k q_k - z * sum_k x_k)``.
+* ``triton_gemm`` -- tiled, ``tl.dot`` on the matrix units (mma/wgmma on NVIDIA, MFMA/WMMA on AMD),
+  grouped program order for L2 reuse, optional split-K.  The weight tile is dequantised to the
+  activation dtype ((q - z) * s computed exactly in fp32, rounded once, as the user's dequant does).
+* ``triton_dequant`` -- writes the dequantised weight [K, N] in the activation dtype; the
+  ``triton_dequant_mm`` plan entry runs it and then torch.matmul (cuBLAS / hipBLASLt) for large M.
 
-Split-K partial sums (both kernels) go to an fp32 workspace with ``tl.atomic_add``; the last program
-to finish a tile (counted with a per-tile atomic ticket) reads the sum back, adds bias, casts and
-writes the output, so no separate reduction pass over [M, N] runs.
+Integer -> float without a conversion instruction: a nibble masked *in place* at bit position p
+(p <= 16) and OR-ed into the exponent pattern of 2**(23-p) is the fp32 number ``2**(23-p) + q``, so one
+LOP3 and one exact subtraction of ``2**(23-p) + z`` give ``q - z``.  Nibbles 5..7 are first shifted down
+by 12 bits (one shift per word for three nibbles).
+
+Split-K partial sums go to an fp32 workspace with ``tl.atomic_add``; the last program to finish a tile
+(counted with a per-tile atomic ticket) reads the sum back, adds bias, casts and writes the output, so
+no separate reduction pass over [M, N] runs.  Workspace and tickets are left zeroed for the next call.
 
 Constraints every config obeys (checked by :func:`prune` before a config is offered):
 ``BLOCK_K`` divides the group size (one scale/zero row per K tile) and K; BLOCK_K % 8 == 0.
@@ -23,30 +34,71 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["gemm", "gemv", "launch", "prune", "shared_bytes_estimate", "KERNEL_ARGS"]
+__all__ = ["gemm", "gemv", "dequant", "launch", "prune", "shared_bytes_estimate", "KERNEL_ARGS"]
 
 # Triton reads TRITON_INTERPRET when it is imported; kernels launched under it run on CPU tensors.
 _INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERP = tl.constexpr(_INTERPRETER)  # the interpreter has no float atomic_xchg (and runs programs in turn)
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# decoding helpers
+@triton.jit
+def _nibble_consts(I: tl.constexpr):
+    """(pre-shift, bit position) of nibble I in the form read by the magic-number conversion."""
+    if I >= 5:
+        SH: tl.constexpr = 12
+    else:
+        SH: tl.constexpr = 0
+    P: tl.constexpr = 4 * I - SH
+    return SH, P
 
 
 @triton.jit
-def _dequant_tile(qw_ptr, qz_ptr, s_ptr, k0, offs_n, mask_n, stride_qk, stride_zg, stride_sg,
-                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr,
-                  HAS_ZEROS: tl.constexpr):
-    """fp32 [BLOCK_K, BLOCK_N] weights for rows k0 .. k0+BLOCK_K of the columns offs_n."""
-    offs_k8 = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    packed = tl.load(qw_ptr + offs_k8[:, None] * stride_qk + offs_n[None, :], mask=mask_n[None, :], other=0)
-    shifts = tl.arange(0, 8) * 4
-    q = (packed[:, None, :] >> shifts[None, :, None]) & 0xF
-    q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
-    g = k0 // GROUP_SIZE
+def _plane(packed, I: tl.constexpr):
+    """fp32 ``2**(23-P) + q`` for nibble I of every word of ``packed`` (exact; no conversion instruction)."""
+    SH, P = _nibble_consts(I)
+    if SH > 0:
+        src = packed >> SH
+    else:
+        src = packed
+    MASK: tl.constexpr = 15 << P
+    MAGIC: tl.constexpr = (150 - P) << 23
+    bits = (src & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE: tl.constexpr):
+    """fp32 [BLOCK_K, BLOCK_N] exact ``(q - z) * s`` (or ``q - z`` when not SCALE) from packed
+    [BLOCK_K/8, BLOCK_N] and fp32 s, z [BLOCK_N].  Rows come out in natural k order (row 8r + i is
+    nibble i of word row r)."""
+    i = tl.arange(0, 8)
+    sh = tl.where(i >= 5, 12, 0)
+    p = 4 * i - sh
+    mask = tl.full((8,), 15, tl.int32) << p
+    magic = (150 - p) << 23                                   # fp32 bits of 2**(23-p)
+    offset = magic.to(tl.float32, bitcast=True)               # 2**(23-p)
+    src = packed[:, None, :] >> sh[None, :, None]
+    bits = (src & mask[None, :, None]) | magic[None, :, None]
+    v = bits.to(tl.float32, bitcast=True)                     # 2**(23-p) + q
+    zm = offset[:, None] + z[None, :]                         # [8, BN], exact
+    w = v - zm[None, :, :]                                    # q - z, exact
+    if SCALE:
+        w = w * s[None, None, :]
+    return tl.reshape(w, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS: tl.constexpr):
     s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     if HAS_ZEROS:
         zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> ((offs_n % 8) * 4)) & 0xF).to(tl.float32)
     else:
-        z = tl.full((BLOCK_N,), 8.0, tl.float32)
-    return (q - z[None, :]) * s[None, :]
+        z = tl.full(offs_n.shape, 8.0, tl.float32)
+    return s, z
 
 
 @triton.jit
@@ -57,11 +109,17 @@ def _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile
     if SPLIT_K > 1:
         ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         tl.atomic_add(ws, acc, mask=mask, sem="release")
+        # every thread's partial sum must be in before this program takes its ticket
+        tl.debug_barrier()
         ticket = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
-            acc = tl.load(ws, mask=mask, other=0.0, cache_modifier=".cg")
-            # leave the workspace and ticket zeroed for the next call (no memset launch)
-            tl.store(ws, tl.zeros_like(acc), mask=mask)
+            # read the total and leave the workspace zeroed for the next call in one atomic step (at L2,
+            # where the other programs' adds landed); no memset launch, no separate reduction pass
+            if _INTERP:
+                acc = tl.load(ws, mask=mask, other=0.0)
+                tl.store(ws, tl.zeros_like(acc), mask=mask)
+            else:
+                acc = tl.atomic_xchg(ws, tl.zeros_like(acc), mask=mask, sem="acquire")
             tl.atomic_xchg(lock_ptr + tile_id, 0)
         else:
             return
@@ -72,12 +130,15 @@ def _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------------------------------
+# fused GEMM on the matrix units
 @triton.jit
 def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                 SCALE_AFTER: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -94,23 +155,37 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
+    offs_k8 = tl.arange(0, BLOCK_K // 8)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_tiles = K // BLOCK_K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
+    x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+    w_tile = qw_ptr + offs_k8[:, None] * stride_qk + offs_n[None, :]
     for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
         k0 = t * BLOCK_K
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=mask_m[:, None], other=0.0)
-        w = _dequant_tile(qw_ptr, qz_ptr, s_ptr, k0, offs_n, mask_n, stride_qk, stride_zg, stride_sg,
-                          BLOCK_K, BLOCK_N, GROUP_SIZE, HAS_ZEROS)
-        w = w.to(a.dtype)  # round the weight like the user's dequant did
-        if UPCAST_DOT:  # interpreter only: its bf16 dot is wrong; fp32 of bf16 values is the same product
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+        a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
+        packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
+        s, z = _scale_zero(qz_ptr, s_ptr, k0 // GROUP_SIZE, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
+        if SCALE_AFTER:
+            # B = q - z (small integers, exact in fp16/bf16); the group's scale multiplies the product
+            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, False).to(a.dtype)
+            if UPCAST_DOT:
+                part = tl.dot(a.to(tl.float32), w.to(tl.float32))
+            else:
+                part = tl.dot(a, w)
+            acc += part * s[None, :]
         else:
-            acc = tl.dot(a, w, acc)
+            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, True).to(a.dtype)  # rounded once, like the user's dequant
+            if UPCAST_DOT:  # interpreter only: its bf16 dot is wrong; fp32 of bf16 values is the same product
+                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+            else:
+                acc = tl.dot(a, w, acc)
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
             stride_om, SPLIT_K, HAS_BIAS)
 
 
+# ----------------------------------------------------------------------------------------------------
+# split-K GEMV for decode
 @triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
@@ -124,26 +199,66 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_K // 8)
+    SUB: tl.constexpr = GROUP_SIZE // BLOCK_K          # K tiles per group
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_tiles = K // BLOCK_K
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
-        k0 = t * BLOCK_K
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=mask_m[:, None],
-                    other=0.0).to(tl.float32)
-        w = _dequant_tile(qw_ptr, qz_ptr, s_ptr, k0, offs_n, mask_n, stride_qk, stride_zg, stride_sg,
-                          BLOCK_K, BLOCK_N, GROUP_SIZE, HAS_ZEROS)
-        acc += tl.sum(a[:, :, None] * w[None, :, :], axis=1)
-    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * tl.num_programs(0) + pid_n,
-            stride_om, SPLIT_K, HAS_BIAS)
+    n_groups = K // GROUP_SIZE
+    per_split = tl.cdiv(n_groups, SPLIT_K)
+    w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
+    x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * 8
+    for g in range(pid_k * per_split, min(n_groups, (pid_k + 1) * per_split)):
+        s, z = _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
+        if BLOCK_M == 1:
+            d2 = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)   # per-thread rows, reduced per group
+        else:
+            d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for sub in tl.static_range(SUB):
+            k0 = g * GROUP_SIZE + sub * BLOCK_K
+            packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
+            for i in tl.static_range(8):
+                SH, P = _nibble_consts(i)
+                OFF = 1.0 * (1 << (23 - P))
+                w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
+                if BLOCK_M == 1:
+                    xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
+                    d2 += xi[:, None] * w
+                else:
+                    xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
+                    d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+        if BLOCK_M == 1:
+            d = tl.sum(d2, axis=0)[None, :]
+        acc += s[None, :] * d
+    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N,
+            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS)
 
 
-KERNELS = {"triton_gemm": _gemm_kernel, "triton_gemv": _gemv_kernel}
+# ----------------------------------------------------------------------------------------------------
+# dequantise to a dense weight (for dequant-then-BLAS at large M)
+@triton.jit
+def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K, stride_qk, stride_zg, stride_sg, stride_wk,
+                    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    k0 = pid_k * BLOCK_K
+    offs_k8 = tl.arange(0, BLOCK_K // 8)
+    offs_k = tl.arange(0, BLOCK_K)
+    packed = tl.load(qw_ptr + (k0 // 8 + offs_k8)[:, None] * stride_qk + offs_n[None, :], mask=mask_n[None, :],
+                     other=0)
+    s, z = _scale_zero(qz_ptr, s_ptr, k0 // GROUP_SIZE, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
+    w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, True)
+    tl.store(w_ptr + (k0 + offs_k)[:, None] * stride_wk + offs_n[None, :], w.to(w_ptr.dtype.element_ty),
+             mask=mask_n[None, :])
+
+
+KERNELS = {"triton_gemm": _gemm_kernel, "triton_gemv": _gemv_kernel, "triton_dequant_mm": _dequant_kernel}
 # Config keys that are launch options rather than constexpr kernel arguments.
 LAUNCH_KEYS = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
-KERNEL_ARGS = {"triton_gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M"),
-               "triton_gemv": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")}
+KERNEL_ARGS = {"triton_gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "SCALE_AFTER"),
+               "triton_gemv": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"),
+               "triton_dequant_mm": ("BLOCK_N", "BLOCK_K")}
 
 
 def shared_bytes_estimate(kernel_id: str, cfg: dict, act_bytes: int = 2) -> int:
@@ -151,8 +266,10 @@ def shared_bytes_estimate(kernel_id: str, cfg: dict, act_bytes: int = 2) -> int:
 
     Only a pruning guide: ``check-target`` reads the real figure from the compiled kernel.
     """
-    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    bm, bn, bk = cfg.get("BLOCK_M", 1), cfg["BLOCK_N"], cfg["BLOCK_K"]
     stages = max(1, cfg.get("num_stages", 2))
+    if kernel_id == "triton_dequant_mm":
+        return 0
     if kernel_id == "triton_gemv":
         return 0 if stages <= 1 else (stages - 1) * (bm * bk * act_bytes + bk * bn // 2)
     per_stage = bm * bk * act_bytes + bk * bn // 2
@@ -162,16 +279,27 @@ def shared_bytes_estimate(kernel_id: str, cfg: dict, act_bytes: int = 2) -> int:
 
 def prune(kernel_id: str, cfg: dict, *, K: int, N: int, group_size: int, shared_limit: int,
           act_bytes: int = 2) -> str | None:
-    """None if ``cfg`` is legal for this problem and target's memory, else the reason it is dropped."""
+    """None if ``cfg`` is legal for this problem and target's memory, else the reason it is dropped.
+
+    Optional shape conditions in a config (``K_MIN``, ``K_MAX``, ``N_MIN``, ``N_MAX``, inclusive) let a
+    table keep different tiles per shape class under one M bucket.
+    """
     bk = cfg["BLOCK_K"]
+    for key, value, cmp in (("K_MIN", K, lambda v, b: v >= b), ("K_MAX", K, lambda v, b: v <= b),
+                            ("N_MIN", N, lambda v, b: v >= b), ("N_MAX", N, lambda v, b: v <= b)):
+        if key in cfg and not cmp(value, cfg[key]):
+            return f"{key}={cfg[key]} excludes {key[0]}={value}"
     if bk % 8 or bk < 16:
         return f"BLOCK_K={bk} must be a multiple of 8 and at least 16"
     if bk > group_size or group_size % bk:
         return f"BLOCK_K={bk} must divide the group size {group_size} (one scale row per K tile)"
     if K % bk:
         return f"BLOCK_K={bk} does not divide K={K}"
-    if cfg.get("SPLIT_K", 1) > K // bk:
-        return f"SPLIT_K={cfg['SPLIT_K']} exceeds the {K // bk} K tiles"
+    split = cfg.get("SPLIT_K", 1)
+    if kernel_id == "triton_gemv" and split > K // group_size:
+        return f"SPLIT_K={split} exceeds the {K // group_size} groups"
+    if split > K // bk:
+        return f"SPLIT_K={split} exceeds the {K // bk} K tiles"
     if kernel_id == "triton_gemm" and cfg["BLOCK_M"] < 16:
         return "tl.dot needs BLOCK_M >= 16"
     need = shared_bytes_estimate(kernel_id, cfg, act_bytes)
@@ -190,6 +318,9 @@ class _Workspace:
         key = (device.type, device.index)
         ws, lock = self._bufs.get(key, (None, None))
         if ws is None or ws.numel() < numel or lock.numel() < tiles:
+            if torch.cuda.is_available() and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("awq_compile: split-K workspace must grow during CUDA-graph capture; "
+                                   "run the largest batch once eagerly before capturing")
             n = max(numel, 0 if ws is None else ws.numel())
             t = max(tiles, 0 if lock is None else lock.numel())
             ws = torch.zeros(max(n, 1), dtype=torch.float32, device=device)
@@ -208,11 +339,33 @@ def _workspace() -> _Workspace:
     return _WORKSPACE
 
 
+def _opts(cfg: dict) -> dict:
+    return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg and (k in ("num_warps", "num_stages") or torch.version.hip)}
+
+
+def dequant(qweight, qzeros, scales, group_size: int, cfg: dict, dtype, out=None):
+    """Dense [K, N] weight of ``dtype`` from the standard layout (``triton_dequant_mm``'s first step)."""
+    K8, N = qweight.shape
+    K = K8 * 8
+    w = out if out is not None else torch.empty((K, N), dtype=dtype, device=qweight.device)
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    _dequant_kernel[(triton.cdiv(N, bn), K // bk)](
+        qweight, qzeros if qzeros is not None else qweight, scales, w, N, K, qweight.stride(0),
+        qzeros.stride(0) if qzeros is not None else 0, scales.stride(0), w.stride(0),
+        GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, BLOCK_N=bn, BLOCK_K=bk, **_opts(cfg))
+    return w
+
+
 def launch(kernel_id: str, x2d, qweight, qzeros, scales, bias, out, group_size: int, cfg: dict):
     """Run ``kernel_id`` with ``cfg`` on 2-D contiguous-last-dim x [M, K]; writes out [M, N]."""
     M, K = x2d.shape
     N = qweight.shape[1]
-    bm, bn, split = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg.get("SPLIT_K", 1)
+    if kernel_id == "triton_dequant_mm":
+        w = dequant(qweight, qzeros, scales, group_size, cfg, x2d.dtype)
+        if bias is None:
+            return torch.mm(x2d, w, out=out)
+        return torch.addmm(bias, x2d, w, out=out)
+    bm, bn, split = cfg.get("BLOCK_M", 1), cfg["BLOCK_N"], cfg.get("SPLIT_K", 1)
     tiles_m, tiles_n = triton.cdiv(M, bm), triton.cdiv(N, bn)
     if split > 1:
         ws, lock = _workspace().get(x2d.device, M * N, tiles_m * tiles_n)
@@ -222,19 +375,19 @@ def launch(kernel_id: str, x2d, qweight, qzeros, scales, bias, out, group_size: 
     consts.setdefault("SPLIT_K", 1)
     if kernel_id == "triton_gemm":
         consts.setdefault("GROUP_M", 8)
+        consts["SCALE_AFTER"] = bool(consts.get("SCALE_AFTER", 0))
         consts["UPCAST_DOT"] = _INTERPRETER and x2d.dtype == torch.bfloat16
         grid = (tiles_m * tiles_n, split)
     else:
+        consts.setdefault("BLOCK_M", 1)
         grid = (tiles_n, split, tiles_m)
-    opts = {k: cfg[k] for k in LAUNCH_KEYS if k in cfg and (k in ("num_warps", "num_stages")
-                                                            or torch.version.hip)}
     KERNELS[kernel_id][grid](
         x2d, qweight, qzeros if qzeros is not None else qweight, scales,
         bias if bias is not None else scales, out, ws, lock,
         M, N, K, x2d.stride(0), qweight.stride(0),
         qzeros.stride(0) if qzeros is not None else 0, scales.stride(0), out.stride(0),
         GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, HAS_BIAS=bias is not None,
-        **consts, **opts)
+        **consts, **_opts(cfg))
     return out
 
 
