@@ -13,6 +13,14 @@ baked into the graph: the op looks them up here, keyed on the identity of the so
 The cache holds only what it derived (standard-layout qweight and zeros, kernel-specific forms); tensors
 usable as they are (scales, an already-standard qweight) are taken from the op's arguments at call time,
 so the cache never keeps a user's model alive.
+
+Memory: by default the repacked copy lives beside the user's AWQ buffers (about 2x the weight memory).
+With ``reuse=True`` (the backend's opt-in ``reuse_weight_memory`` option) an AWQ-layout ``qweight`` /
+``qzeros`` is rewritten *in place*, chunk by chunk, into the standard layout -- the two layouts have the
+same number of int32 words and a chunk of K rows occupies the same memory range in both -- so nothing
+beyond one chunk's temporaries is ever allocated and the weights held stay at 1.0x the AWQ size.  The
+user's tensors then hold standard-layout bits (their eager dequant is no longer valid); their storages
+are remembered so that they are never converted twice.
 """
 
 from __future__ import annotations
@@ -77,6 +85,58 @@ class Prepared:
         return n
 
 
+# storages rewritten in place into the standard layout: (cdata, offset, shape) -> weak ref of the storage
+_REWRITTEN: dict[tuple, StorageWeakRef] = {}
+
+
+def _rewritten_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape))
+
+
+def was_rewritten(t: torch.Tensor | None) -> bool:
+    """True when ``t``'s memory was repacked in place by :func:`repack_in_place`."""
+    if t is None:
+        return False
+    ref = _REWRITTEN.get(_rewritten_key(t))
+    return ref is not None and not ref.expired()
+
+
+def repack_in_place(src, qweight: torch.Tensor, qzeros: torch.Tensor | None, *, rows: int | None = None):
+    """Rewrite AWQ (N-packed) ``qweight``/``qzeros`` into the standard layout in their own memory.
+
+    Returns ``(qweight_std, qzeros_std)``: views [K/8, N] and [K/G, N/8] of the same storages.  Row chunks of
+    K are converted through a temporary copy of the chunk only (no full-size temporaries).
+    """
+    from ..formats.standard import pack_k
+    from ..formats.awq import pack_n_sequential
+
+    if not qweight.is_contiguous() or (qzeros is not None and not qzeros.is_contiguous()):
+        raise ValueError("in-place repack needs contiguous qweight/qzeros")
+    K, W = qweight.shape
+    N = W * 8
+    if rows is None:
+        from ..formats.sources import DEFAULT_CHUNK_BYTES
+        rows = max(8, min(K, (DEFAULT_CHUNK_BYTES // max(N, 1)) // 8 * 8))
+    flat = qweight.view(-1)
+    with torch.no_grad():
+        for k0 in range(0, K, rows):
+            k1 = min(K, k0 + rows)
+            block = pack_k(src.unpack_weight(qweight[k0:k1]))      # [(k1-k0)/8, N]; reads before the write
+            flat[k0 * W:k1 * W].copy_(block.view(-1))
+        q_std = flat.view(K // 8, N)
+        z_std = None
+        if qzeros is not None:
+            z = pack_n_sequential(src.zeros_of(qzeros))
+            qzeros.copy_(z)
+            z_std = qzeros
+    for t in (qweight, qzeros):
+        if t is not None:
+            _REWRITTEN[_rewritten_key(t)] = StorageWeakRef(t.untyped_storage())
+    for k in [k for k, r in _REWRITTEN.items() if r.expired()]:
+        del _REWRITTEN[k]
+    return q_std, z_std
+
+
 class _Entry:
     __slots__ = ("refs", "versions", "prepared")
 
@@ -111,15 +171,18 @@ class WeightCache:
     def nbytes(self) -> int:
         return sum(e.prepared.nbytes() for e in self._entries.values())
 
-    def get(self, fmt: str, qweight, qzeros, scales, aux=(), *, aux_digest: str = "", layer: str = "") -> Prepared:
+    def get(self, fmt: str, qweight, qzeros, scales, aux=(), *, aux_digest: str = "", layer: str = "",
+            reuse: bool = False) -> Prepared:
+        """The prepared weights of one layer.  ``reuse=True`` allows rewriting AWQ-layout source buffers in
+        place (see the module docstring); it only matters on the call that repacks."""
         sources = [t for t in (qweight, qzeros, scales, *aux) if t is not None]
         key = (fmt,) + tuple(_ident(t) for t in sources)
         entry = self._entries.get(key)
         if entry is not None and entry.valid_for(sources):
             return entry.prepared
-        return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer)
+        return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse)
 
-    def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer) -> Prepared:
+    def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse=False) -> Prepared:
         if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
@@ -131,10 +194,23 @@ class WeightCache:
                 "g_idx) differs from the one verified at compile time; the rewrite is not valid for these "
                 "weights. Recompile (torch._dynamo.reset()) or keep those tensors identical across instances")
         src = get_format(fmt)
-        with torch.no_grad():
-            std = src.to_standard(qweight, qzeros, scales)
-        prepared = Prepared(fmt, std.group_size, None if std.qweight is qweight else std.qweight,
-                            std.qzeros, src.has_zeros)
+        if was_rewritten(qweight):
+            # already rewritten in place by an earlier repack (this cache entry was dropped since)
+            K, W = qweight.shape
+            qz = None
+            if src.has_zeros:
+                qz = qzeros
+            prepared = Prepared(fmt, K // scales.shape[0], qweight.view(K // 8, W * 8), qz, src.has_zeros)
+        elif reuse and src.packed_along == "N" and qweight.is_contiguous() and (
+                qzeros is None or qzeros.is_contiguous()):
+            q_std, z_std = repack_in_place(src, qweight, qzeros if src.has_zeros else None)
+            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], q_std, z_std, src.has_zeros)
+            sources = [t for t in (qweight, qzeros, scales, *aux) if t is not None]  # versions after the write
+        else:
+            with torch.no_grad():
+                std = src.to_standard(qweight, qzeros, scales)
+            prepared = Prepared(fmt, std.group_size, None if std.qweight is qweight else std.qweight,
+                                std.qzeros, src.has_zeros)
         with self._lock:
             for k in [k for k, e in self._entries.items() if e.expired()]:
                 del self._entries[k]
