@@ -1,0 +1,87 @@
+"""Numerics of every Triton kernel path against a float64 reference.
+
+On a CPU machine these run under ``TRITON_INTERPRET=1`` (set by conftest) at tiny shapes; on a GPU they
+run the real kernels.  Fresh random weights and activations for every case; outputs are poisoned with
+NaN before each launch so an unwritten element fails; every case runs twice so split-K workspaces and
+tickets must be left clean by the first call.
+"""
+
+import pytest
+import torch
+
+from awq_compile.formats import from_unpacked, quantize
+from awq_compile.kernels import triton_w4a16 as tw
+from _util import rel_err
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+# (kernel id, config): one per code path -- GEMV rows, GEMV split-K and multi-tile groups, GEMM with and
+# without split-K, scale-after, dequant-then-matmul.
+PATHS = [
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=16, SPLIT_K=3)),
+    ("triton_gemv", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, SPLIT_K=3)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, SCALE_AFTER=1)),
+    ("triton_dequant_mm", dict(BLOCK_N=32, BLOCK_K=32)),
+]
+
+
+def _case(M, K, N, G, dtype, zeros, bias, seed):
+    torch.manual_seed(seed)
+    u = quantize(torch.randn(K, N) * 0.1, G, symmetric=not zeros)
+    u.scales = u.scales.to(dtype)
+    std = from_unpacked(u)
+    x = torch.randn(M, K).to(dtype)
+    b = torch.randn(N).to(dtype) if bias else None
+    ref = x.double() @ u.dequantize(torch.float64)
+    if b is not None:
+        ref = ref + b.double()
+    to = (lambda t: None if t is None else t.to(DEV))
+    return to(x), to(std.qweight), to(std.qzeros), to(std.scales), to(b), ref
+
+
+def _run(kid, cfg, x, q, qz, s, b, G, ref, dtype):
+    out = torch.empty(x.shape[0], q.shape[1], dtype=dtype, device=x.device)
+    for _ in range(2):
+        out.fill_(float("nan"))
+        tw.launch(kid, x, q, qz, s, b, out, G, cfg)
+        assert torch.isfinite(out).all(), "an output element was not written"
+        err = rel_err(out.cpu(), ref)
+        assert err < TOL[dtype], (kid, cfg, err)
+
+
+@pytest.mark.parametrize("kid, cfg", PATHS, ids=[f"{k}-{'-'.join(f'{a}{v}' for a, v in c.items())}" for k, c in PATHS])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_kernel_path_matches_float64(kid, cfg, dtype):
+    # N=72 is not a multiple of any BLOCK_N (tail columns); M=3 / 17 leave partial row tiles;
+    # zeros + bias on one case, symmetric without bias on the other
+    for i, (M, zeros, bias) in enumerate(((3, True, True), (17, False, False))):
+        x, q, qz, s, b, ref = _case(M, 128, 72, 64, dtype, zeros, bias, seed=hash((kid, str(cfg), i)) % 1000)
+        _run(kid, cfg, x, q, qz, s, b, 64, ref, dtype)
+
+
+def test_group_smaller_than_block_rows_and_large_group():
+    # G=32 with BLOCK_K=32 (one tile per group) and G=K (per-channel: SUB=K/BLOCK_K tiles per group)
+    for G, cfg in ((32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=4)),
+                   (128, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1))):
+        x, q, qz, s, b, ref = _case(1, 128, 40, G, torch.float16, True, False, seed=G)
+        _run("triton_gemv", cfg, x, q, qz, s, b, G, ref, torch.float16)
+
+
+def test_split_k_workspace_is_reused_across_shapes():
+    # a larger problem after a smaller one (workspace growth) and back, with one shared workspace
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2)
+    for M, N in ((2, 32), (18, 64), (2, 32)):
+        x, q, qz, s, b, ref = _case(M, 64, N, 32, torch.float16, True, True, seed=M * N)
+        _run("triton_gemm", cfg, x, q, qz, s, b, 32, ref, torch.float16)
+
+
+def test_prune_shape_conditions():
+    cfg = dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, K_MAX=4096)
+    assert tw.prune("triton_gemv", cfg, K=4096, N=64, group_size=128, shared_limit=0) is None
+    assert "K_MAX" in tw.prune("triton_gemv", cfg, K=8192, N=64, group_size=128, shared_limit=0)
+    assert "groups" in tw.prune("triton_gemv", dict(cfg, SPLIT_K=64), K=4096, N=64, group_size=128,
+                                shared_limit=0)
