@@ -124,14 +124,55 @@ def _groupless_hint(leaves: dict, K: int, N: int) -> str | None:
     for t in leaves.values():
         if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N and t.shape[0] > 0 and K % t.shape[0]:
             rows = t.shape[0]
-            return (f"K={K} is not a multiple of the group size: the scales have {rows} rows for {K} input "
-                    f"features (expected scales [K/G, {N}] with G dividing K, e.g. G={K // rows if K // rows else 1} "
-                    f"would need K={rows * max(1, K // rows)})")
+            return (f"K={K} is not a multiple of the group size: the {rows} rows of scales do not split the {K} "
+                    f"input features into equal groups (expected scales [K/G, {N}] with G dividing K); pad K to "
+                    "a multiple of the group size")
     return None
 
 
-def diagnose(leaves: dict, K: int, N: int) -> str | None:
+def _ragged_groups(W: torch.Tensor, leaves: dict, K: int, N: int) -> str | None:
+    """Is W a 4-bit dequantisation whose last group is cut short (K not a multiple of G)?"""
+    ints = [t for t in leaves.values() if t.dtype == torch.int32 and t.dim() == 2]
+    floats = [t for t in leaves.values() if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N
+              and 1 < t.shape[0] < K]
+    got = W.to(torch.float32)
+    u_round = _UNIT_ROUNDOFF.get(W.dtype, 2.0 ** -11)
+    for fmt in SOURCE_FORMATS:
+        for qw in (t for t in ints if tuple(t.shape) == fmt.qweight_shape(K, N)):
+            codes = fmt.unpack_weight(qw).to(torch.float32)
+            for s in floats:
+                rows = s.shape[0]
+                zs = [None] if not fmt.has_zeros else [z for z in ints if tuple(z.shape) == (rows, N // 8)]
+                for z in zs:
+                    try:
+                        zeros = None if z is None else fmt.zeros_of(z).to(torch.float32)
+                    except ValueError:
+                        continue
+                    lo, hi = -(-K // rows), -(-K // (rows - 1)) - 1
+                    for G in range(lo, hi + 1):
+                        if K % G == 0 or -(-K // G) != rows or (G % 8 and hi - lo > 64):
+                            continue
+
+                        def fits(cols):
+                            zz = 8.0 if zeros is None else zeros[:, cols].repeat_interleave(G, 0)[:K]
+                            ss = s[:, cols].to(torch.float32).repeat_interleave(G, 0)[:K]
+                            bound = 3 * u_round * 16 * ss.abs() + 1e-30
+                            return bool(((got[:, cols] - (codes[:, cols] - zz) * ss).abs() <= bound).all())
+
+                        if fits(slice(0, min(N, 64))) and fits(slice(None)):
+                            return (f"K={K} is not a multiple of the group size G={G}: the weight is the {fmt.name} "
+                                    f"dequantisation with {rows} groups, the last one cut to {K - (rows - 1) * G} "
+                                    f"rows; the kernels need G to divide K. Pad in_features to {rows * G} (zero "
+                                    "codes and zero input features) to use this backend")
+    return None
+
+
+def diagnose(leaves: dict, K: int, N: int, W: torch.Tensor | None = None) -> str | None:
     """A specific, actionable reason for a refusal when one can be read off the tensors."""
+    if W is not None:
+        ragged = _ragged_groups(W, leaves, K, N)
+        if ragged:
+            return ragged
     hint = _groupless_hint(leaves, K, N)
     if hint:
         return hint
@@ -175,7 +216,7 @@ def verify_weight(W: torch.Tensor, leaves: dict) -> Verified | str:
             if ok:
                 return Verified(fmt, qw, z, s, K // leaves[s].shape[0], exact)
             misses.append(f"{fmt.name}: {detail}")
-    hint = diagnose(leaves, K, N)
+    hint = diagnose(leaves, K, N, W)
     if not misses:
         shapes = ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in leaves.values())
         return ((hint + "; " if hint else "") +
