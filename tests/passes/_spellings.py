@@ -53,6 +53,7 @@ class Spelling:
     wrong_order: bool = False      # AWQ: the packing order used as if it were the unpacking order
     tiled_scales: bool = False     # scales.repeat(K/G, 1) instead of repeat_interleave(G, 0)
     runtime_scale: bool = False    # the weight is multiplied by a function of the input
+    ragged: bool = False           # K not a multiple of G: the last group cut short by slicing [:K]
 
     @property
     def packed_along_k(self) -> bool:
@@ -63,8 +64,18 @@ class Spelling:
         return not self.fmt.endswith("sym")
 
     def must_refuse(self, K: int, G: int) -> bool:
-        return (self.bits != 4 or self.wrong_order or self.runtime_scale or self.g_idx == "act_order"
-                or (self.tiled_scales and K // G > 1))
+        return (self.bits != 4 or self.wrong_order or self.runtime_scale or self.ragged
+                or (self.g_idx == "act_order" and K // G > 1) or (self.tiled_scales and K // G > 1))
+
+    def refusal(self) -> str:
+        """A fragment the refusal reason of this near-miss must contain."""
+        if self.runtime_scale:
+            return "runtime input"
+        if self.ragged:
+            return "not a multiple of the group size"
+        if self.g_idx == "act_order":
+            return "act-order"
+        return "4-bit"
 
 
 def normalized(sp: Spelling) -> Spelling:
@@ -86,6 +97,12 @@ def normalized(sp: Spelling) -> Spelling:
         changes.update(fmt="awq" if sp.has_zeros else "awq_sym", reorder="index", wrong_order=False)
     if sp.g_idx != "none" and sp.packed_along_k:
         changes.update(group="gather")
+    if sp.ragged:
+        changes.update(tiled_scales=False, bits=4, noop_slice=False)
+        if changes.get("group", sp.group) in ("unflatten", "view"):
+            changes.update(group="repeat_interleave")
+    if sp.recast_scales:
+        changes.update(cast=False)
     return dataclasses.replace(sp, **changes)
 
 
@@ -119,7 +136,11 @@ class SpelledLinear(nn.Module):
         super().__init__()
         self.sp, self.K, self.N, self.G = sp, K, N, G
         gen = torch.Generator().manual_seed(seed)
-        if sp.bits == 4:
+        K_full = -(-K // G) * G  # == K unless ragged
+        if sp.ragged:
+            u = random_unpacked(K_full, N, G, symmetric=not sp.has_zeros, dtype=dtype, generator=gen,
+                                min_zero=1 if sp.fmt == "gptq_v1" else 0)
+        elif sp.bits == 4:
             u = random_unpacked(K, N, G, symmetric=not sp.has_zeros, dtype=dtype, generator=gen,
                                 min_zero=1 if sp.fmt == "gptq_v1" else 0)
         else:  # near-miss: codes of another width (still kept in u for the reference)
@@ -144,12 +165,12 @@ class SpelledLinear(nn.Module):
             self.register_buffer("scales", u.scales)
         elif sp.packed_along_k:
             qw, qz, s = to_gptq(u, v1=sp.fmt == "gptq_v1")
-            self.register_buffer("qweight", qw)
+            self.register_buffer("qweight", qw[: K // 8].clone())
             self.register_buffer("qzeros", qz) if qz is not None else setattr(self, "qzeros", None)
             self.register_buffer("scales", s)
         else:
             qw, qz, s = to_awq(u)
-            self.register_buffer("qweight", qw)
+            self.register_buffer("qweight", qw[:K].clone())
             self.register_buffer("qzeros", qz) if qz is not None else setattr(self, "qzeros", None)
             self.register_buffer("scales", s)
         if sp.g_idx == "trivial":
@@ -259,7 +280,7 @@ class SpelledLinear(nn.Module):
     def dequant(self, dtype):
         """The [K, N] weight."""
         sp, K, G = self.sp, self.K, self.G
-        groups = K // G if sp.bits == 4 else self.scales.shape[0]
+        groups = self.scales.shape[0]
         q = self._unpack_k(self.qweight) if sp.packed_along_k else self._unpack_n(self.qweight, K)
         z = self._zeros(groups)
         s = self.scales.to(dtype) if sp.recast_scales else self.scales
@@ -276,6 +297,9 @@ class SpelledLinear(nn.Module):
             else:
                 zz = z if sym else z.repeat_interleave(G, dim=0)
                 ss = s.repeat_interleave(G, dim=0)
+                if sp.ragged:
+                    zz = zz if sym else zz[:K]
+                    ss = ss[:K]
             return (q - zz) * ss if sp.combine == "sub_mul" else q * ss - zz * ss
         q3 = q.unflatten(0, (K // G, G)) if sp.group == "unflatten" else q.view(K // G, G, -1)
         zz = z if sym else z[:, None, :]
@@ -288,7 +312,7 @@ class SpelledLinear(nn.Module):
         w = self.dequant(dtype)
         if sp.runtime_scale:
             w = w * x.abs().mean()
-        bias = self.bias
+        bias = self.bias if self.bias is None or not sp.recast_scales else self.bias.to(dtype)
         if sp.bias == "addmm":
             return torch.addmm(bias, x, w), True
         if sp.matmul == "matmul":
@@ -319,12 +343,13 @@ class SpelledLinear(nn.Module):
         else:
             out, has_bias = self._matmul(x, dtype)
         if self.bias is not None and not has_bias:
+            bias = self.bias.to(dtype) if sp.recast_scales else self.bias
             if sp.bias == "iadd":
-                out += self.bias
+                out += bias
             elif sp.bias == "add_":
-                out.add_(self.bias)
+                out.add_(bias)
             else:
-                out = out + self.bias
+                out = out + bias
         if sp.x3d == "flat":
             out = out.reshape(out_shape)
         if sp.cast:
@@ -334,11 +359,11 @@ class SpelledLinear(nn.Module):
 
 def reference(mod: SpelledLinear, x: torch.Tensor) -> torch.Tensor:
     """float64 ``x @ ((q - z) * s) + b`` from the unpacked codes, independent of the spelling."""
-    u = mod.unpacked
+    u, K = mod.unpacked, mod.K
     G = u.group_size
-    q = u.codes.double()
-    z = 8.0 if u.zeros is None else u.zeros.double().repeat_interleave(G, 0)
-    w = (q - z) * u.scales.double().repeat_interleave(G, 0)
+    q = u.codes.double()[:K]
+    z = 8.0 if u.zeros is None else u.zeros.double().repeat_interleave(G, 0)[:K]
+    w = (q - z) * u.scales.double().repeat_interleave(G, 0)[:K]
     if mod.sp.g_idx == "act_order":
         g = mod.g_idx.long()
         zz = 8.0 if u.zeros is None else u.zeros.double()[g]
