@@ -72,6 +72,7 @@ class WeightSubgraph:
     reason: str | None = None          # why it cannot be a constant weight
     inputs: list[torch.fx.Node] = dataclasses.field(default_factory=list)  # leaves that are graph inputs
                                        # not marked as parameters/buffers (see find_awq_linears)
+    output: torch.fx.Node | None = None  # the weight node (the last node, unless in-place ops follow it)
 
 
 def _inputs(node):
@@ -86,7 +87,7 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
-def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = None,
+def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = None, before: torch.fx.Node | None = None,
                     max_nodes: int = 400) -> WeightSubgraph:
     """Everything ``weight`` depends on, stopping at placeholders and get_attrs.
 
@@ -95,10 +96,61 @@ def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = No
     placeholders that are not marked as weights are listed in ``inputs`` for the caller to judge (they
     are acceptable only as the packed tensors themselves); a non-tensor input (a symbolic size) means
     the weight's shape depends on the input, which is refused here.
+
+    In-place operations that modify a node of the subgraph (or a view of one) before ``before`` (the
+    matmul) are part of the computation even though nothing reads their result (``z.bitwise_and_(15)``,
+    ``w.mul_(s)``): they are pulled in, so evaluation replays them in program order.
     """
     values = values if values is not None else {}
+    position = {n: i for i, n in enumerate(weight.graph.nodes)}
+    limit = position[before] if before is not None else len(position)
     seen, order, leaves, inputs = set(), [], [], []
     stack = [weight]
+    while True:
+        sub = _walk(stack, seen, order, leaves, inputs, static, values, max_nodes)
+        if sub is not None:
+            return sub
+        stack = _mutators(seen, position, limit)
+        if not stack:
+            break
+    if not leaves:
+        return WeightSubgraph([], [], "the weight reads no parameter or buffer")
+    order.sort(key=position.__getitem__)
+    return WeightSubgraph(order, leaves, inputs=inputs, output=weight)
+
+
+_VIEW_NAMES = {"view", "reshape", "view_as", "reshape_as", "t", "transpose", "permute", "unsqueeze", "squeeze",
+               "expand", "expand_as", "flatten", "unflatten", "narrow", "select", "as_strided", "detach",
+               "contiguous", "to", "type", "float", "half", "bfloat16", "getitem", "__getitem__", "split",
+               "chunk", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "diagonal", "alias", "unfold",
+               "view_as_real", "view_as_complex", "tensor_split", "split_with_sizes", "T", "mT", "data"}
+
+
+def _may_alias(node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return name in _VIEW_NAMES
+
+
+def _mutators(seen: set, position: dict, limit: int) -> list:
+    """In-place users (before ``limit``) of the nodes in ``seen`` or of views of them, not yet seen."""
+    found, visited = [], set()
+    frontier = list(seen)
+    while frontier:
+        n = frontier.pop()
+        if n in visited:
+            continue
+        visited.add(n)
+        for u in n.users:
+            if position.get(u, limit) >= limit or u in seen:
+                continue
+            if _in_place(u) and u.args and u.args[0] is n:
+                found.append(u)
+            elif _may_alias(u):
+                frontier.append(u)
+    return found
+
+
+def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
     while stack:
         n = stack.pop()
         if n in seen:
@@ -123,11 +175,7 @@ def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = No
             return WeightSubgraph([], [], f"the weight computation has more than {max_nodes} nodes; expected a "
                                           "short dequantisation (shift, mask, reorder, scale)")
         stack.extend(_inputs(n))
-    if not leaves:
-        return WeightSubgraph([], [], "the weight reads no parameter or buffer")
-    position = {n: i for i, n in enumerate(weight.graph.nodes)}
-    order.sort(key=position.__getitem__)
-    return WeightSubgraph(order, leaves, inputs=inputs)
+    return None
 
 
 _IN_PLACE_FUNCS = {operator.iand, operator.ior, operator.ixor, operator.iadd, operator.isub, operator.imul,
@@ -154,6 +202,7 @@ def evaluate(sub: WeightSubgraph, values: dict, replace: dict | None = None) -> 
         # never let the user's in-place ops touch their own tensors while we evaluate
         env = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
     members = set(sub.nodes)
+    out_node = sub.output if sub.output is not None else sub.nodes[-1]
     remaining = {n: sum(1 for u in n.users if u in members) for n in sub.nodes}
     with torch.no_grad():
         for n in sub.nodes:
@@ -167,6 +216,6 @@ def evaluate(sub: WeightSubgraph, values: dict, replace: dict | None = None) -> 
             for a in set(_inputs(n)):
                 if a in remaining:
                     remaining[a] -= 1
-                    if remaining[a] == 0 and a is not sub.nodes[-1]:
+                    if remaining[a] == 0 and a is not out_node:
                         env.pop(a, None)
-    return env[sub.nodes[-1]]
+    return env[out_node]

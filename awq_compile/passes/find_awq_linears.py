@@ -107,7 +107,7 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
         if isinstance(site, str):
             ctx.skip(node, name, site)
             continue
-        sub = weight_subgraph(site.weight, ctx.static, ctx.values)
+        sub = weight_subgraph(site.weight, ctx.static, ctx.values, before=node)
         if sub.reason:
             ctx.skip(node, name, sub.reason)
             continue

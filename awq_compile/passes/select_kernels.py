@@ -15,12 +15,19 @@ from .context import PassContext, log
 
 
 def _example_m(match) -> int | None:
+    """M of the example input, for the report only.  Never ``int()`` a symbolic size here: that would
+    add a guard and specialise a ``dynamic=True`` graph to this one batch size."""
     val = match.x.meta.get("example_value")
     if isinstance(val, torch.Tensor) and val.dim() >= 1:
-        try:
-            return int(val.numel() // val.shape[-1])
-        except Exception:  # symbolic sizes
-            return None
+        m = 1
+        for d in val.shape[:-1]:
+            if isinstance(d, torch.SymInt):
+                hint = getattr(d.node, "hint", None)
+                if not isinstance(hint, int):
+                    return None
+                d = hint
+            m *= int(d)
+        return m
     return None
 
 
