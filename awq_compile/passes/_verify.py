@@ -91,7 +91,7 @@ def _compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> tup
 def compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> str | None:
     """None if W equals ``fmt``'s dequantisation of these tensors (within rounding), else why not."""
     if not isinstance(W, torch.Tensor) or W.dim() != 2 or not W.is_floating_point():
-        return f"the weight is not a 2-D float matrix (found {getattr(W, 'dtype', type(W))})"
+        return f"expected a 2-D float weight, found {getattr(W, 'dtype', type(W))}"
     try:
         ok, _, detail = _compare(W, fmt, qweight, qzeros, scales)
     except RuntimeError as e:
@@ -162,7 +162,7 @@ def _ragged_groups(W: torch.Tensor, leaves: dict, K: int, N: int) -> str | None:
                         if fits(slice(0, min(N, 64))) and fits(slice(None)):
                             return (f"K={K} is not a multiple of the group size G={G}: the weight is the {fmt.name} "
                                     f"dequantisation with {rows} groups, the last one cut to {K - (rows - 1) * G} "
-                                    f"rows; the kernels need G to divide K. Pad in_features to {rows * G} (zero "
+                                    f"rows; expected G to divide K (the kernels need whole groups). Pad in_features to {rows * G} (zero "
                                     "codes and zero input features) to use this backend")
     return None
 
@@ -184,7 +184,7 @@ def diagnose(leaves: dict, K: int, N: int, W: torch.Tensor | None = None) -> str
                 trivial = torch.arange(K, device=t.device) // (K // rows)
                 if int(t.min()) >= 0 and int(t.max()) < rows and not torch.equal(t.to(torch.int64), trivial):
                     return (f"act-order g_idx: the [{K}] group index is not arange(K) // {K // rows} (rows of K are "
-                            f"not grouped contiguously, desc_act=True); act-order layers are not supported. "
+                            f"not grouped contiguously, desc_act=True); expected sorted groups, act-order is not supported. "
                             f"Use a checkpoint quantised with desc_act=False, or reorder the layer's input "
                             f"features so that g_idx is sorted")
     for t in leaves.values():
@@ -202,13 +202,14 @@ def diagnose(leaves: dict, K: int, N: int, W: torch.Tensor | None = None) -> str
 def verify_weight(W: torch.Tensor, leaves: dict) -> Verified | str:
     """``leaves`` maps a key (the leaf node) to its real tensor.  Returns :class:`Verified` or why not."""
     if W.dim() != 2 or not W.is_floating_point():
-        return f"the weight is not a 2-D float matrix (found {W.dtype} of shape {tuple(W.shape)})"
+        return f"the weight is not a 2-D float matrix: expected [K, N] float, found {W.dtype} of shape {tuple(W.shape)}"
     K, N = W.shape
     if not any(t.dtype == torch.int32 for t in leaves.values()):
         kinds = ", ".join(sorted({str(t.dtype).removeprefix('torch.') for t in leaves.values()}))
-        return f"not quantized: the weight is computed from {kinds} tensors, no int32 packed codes"
+        return (f"not quantized: the weight is computed from {kinds} tensors; expected int32 packed 4-bit codes "
+                "(AWQ or GPTQ layout)")
     if K % 8 or N % 8:
-        return f"K={K} and N={N} must be multiples of 8 for 4-bit packing"
+        return f"expected K and N to be multiples of 8 (eight 4-bit codes per int32 word), found K={K}, N={N}"
     misses = []
     for fmt in SOURCE_FORMATS:
         for qw, z, s in _roles(fmt, leaves, K, N):

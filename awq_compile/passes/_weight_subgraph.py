@@ -50,7 +50,8 @@ def matmul_site(node: torch.fx.Node) -> MatmulSite | None | str:
             return _site(node, _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias"), "nk")
         if t in _ADDMM_FUNCS:
             if any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
-                return "addmm with beta/alpha other than 1"
+                return (f"addmm with beta={node.kwargs.get('beta', 1)}, alpha={node.kwargs.get('alpha', 1)}: expected beta=1 and "
+                        "alpha=1 (a plain bias add)")
             return _site(node, node.args[1], node.args[2], node.args[0], "kn")
     elif node.op == "call_method" and node.target in _MATMUL_METHODS:
         return _site(node, node.args[0], node.args[1], None, "kn")
@@ -61,7 +62,7 @@ def _site(node, x, w, bias, orientation):
     if not isinstance(x, torch.fx.Node) or not isinstance(w, torch.fx.Node):
         return None
     if bias is not None and not isinstance(bias, torch.fx.Node):
-        return "bias is not a tensor"
+        return f"expected a bias tensor, found {type(bias).__name__} {bias!r}"
     return MatmulSite(node, x, w, bias, orientation)
 
 
@@ -114,7 +115,8 @@ def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = No
         if not stack:
             break
     if not leaves:
-        return WeightSubgraph([], [], "the weight reads no parameter or buffer")
+        return WeightSubgraph([], [], "the weight reads no parameter or buffer; expected a weight computed from "
+                                      "packed tensors held by the model")
     order.sort(key=position.__getitem__)
     return WeightSubgraph(order, leaves, inputs=inputs, output=weight)
 
@@ -161,7 +163,8 @@ def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
                 v = values.get(n)
                 if not isinstance(v, torch.Tensor):
                     return WeightSubgraph([], [], f"the weight depends on the runtime input '{n.name}' "
-                                                  f"(a graph input that is a {_kind(v)}, not a parameter or buffer)")
+                                                  f"(a graph input that is a {_kind(v)}); expected a weight computed only "
+                                                  "from parameters and buffers")
                 inputs.append(n)
             leaves.append(n)
             continue
@@ -169,7 +172,8 @@ def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
             return WeightSubgraph([], [], f"the weight is computed by a submodule call ({n.target}); "
                                           "expected plain tensor operations on the packed buffers")
         if n.op != "call_function" and n.op != "call_method":
-            return WeightSubgraph([], [], f"unexpected node kind {n.op} in the weight computation")
+            return WeightSubgraph([], [], f"found a {n.op} node in the weight computation; expected only function "
+                                          "and method calls")
         order.append(n)
         if len(order) > max_nodes:
             return WeightSubgraph([], [], f"the weight computation has more than {max_nodes} nodes; expected a "

@@ -115,14 +115,15 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
         looks_quantized = any(t.dtype == torch.int32 for t in leaves.values())
         runtime = ", ".join(f"'{n.name}'" for n in sub.inputs)
         runtime_reason = (f"the weight depends on the runtime input {runtime} (a graph input that is not a "
-                          "parameter or buffer, and not one of the packed weight tensors)")
+                          "parameter or buffer, and not one of the packed weight tensors); expected a weight "
+                          "computed only from the model's tensors")
         if not sub.nodes:
             if sub.inputs:
                 ctx.skip(node, name, runtime_reason)
                 continue
             kinds = {_dtype(t) for t in leaves.values()}
             ctx.skip(node, name, f"not quantized: the weight is a plain {', '.join(sorted(kinds))} "
-                                 "tensor, no dequantisation")
+                                 "tensor, no dequantisation (expected one computed from int32 packed 4-bit codes)")
             continue
         if not looks_quantized:
             if sub.inputs:
@@ -130,17 +131,18 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
                 continue
             kinds = ", ".join(sorted({_dtype(t) for t in leaves.values()}))
             ctx.skip(node, name, f"not quantized: the weight is computed from {kinds} tensors, "
-                                 "no int32 packed codes (only int32-packed 4-bit AWQ/GPTQ layouts are supported)")
+                                 "no int32 packed codes (expected int32-packed 4-bit AWQ or GPTQ layouts)")
             continue
         try:
             W = evaluate(sub, ctx.values)
         except Exception as e:  # noqa: BLE001 - any failure means: not ours
-            ctx.skip(node, name, f"evaluating the weight computation on the real tensors failed: "
-                                 f"{type(e).__name__}: {e}", quantized_looking=True)
+            ctx.skip(node, name, f"evaluating the weight computation on the real tensors failed "
+                                 f"({type(e).__name__}: {e}); expected it to run on the model's own tensors",
+                     quantized_looking=True)
             continue
         W = _oriented(W, site.orientation)
         if not isinstance(W, torch.Tensor):
-            ctx.skip(node, name, "the weight computation does not produce a tensor")
+            ctx.skip(node, name, f"expected the weight computation to produce a tensor, found {type(W).__name__}")
             continue
         verdict = verify_weight(W, leaves)
         if isinstance(verdict, str):
@@ -157,7 +159,8 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
                                  "dequantisation in general (the example tensors do not pin the computation "
                                  "down, e.g. all-zero buffers of a model compiled before its checkpoint was "
                                  f"loaded, while the code computes something else): {miss}. Compile after "
-                                 "loading the real weights", quantized_looking=True)
+                                 "loading the real weights; expected a computation that equals the dequantisation "
+                                 "for any weights", quantized_looking=True)
             continue
         x_val = site.x.meta.get("example_value")
         act_dtype = x_val.dtype if isinstance(x_val, torch.Tensor) else W.dtype

@@ -249,7 +249,7 @@ the weight equals the awq dequantisation of the tensors seen at compile time but
         mod, x = Ragged(), torch.randn(3, 96, dtype=torch.float16)
         report = awq_compile.explain(mod, x)
         self.assertEqual(report.layers, [])
-        self.assertExpectedInline(report.skipped[0].reason, """K=96 is not a multiple of the group size G=64: the weight is the awq dequantisation with 2 groups, the last one cut to 32 rows; the kernels need G to divide K. Pad in_features to 128 (zero codes and zero input features) to use this backend""")
+        self.assertExpectedInline(report.skipped[0].reason, """K=96 is not a multiple of the group size G=64: the weight is the awq dequantisation with 2 groups, the last one cut to 32 rows; expected G to divide K (the kernels need whole groups). Pad in_features to 128 (zero codes and zero input features) to use this backend""")
         cap = Capture()
         with torch.no_grad():
             y = torch.compile(mod, backend=cap)(x)

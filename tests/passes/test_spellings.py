@@ -1572,8 +1572,8 @@ class TestRefusedNearMisses(TestCase):
 
     def test_weight_depends_on_runtime_input(self):
         reason = refused(Spelling(**dict(runtime_scale=True)), 'depends on the runtime input')
-        self.assertExpectedInline(reason, """the weight depends on the runtime input 'l_x_' (a graph input that is not a parameter or buffer, and not one of the packed weight tensors)""")
+        self.assertExpectedInline(reason, """the weight depends on the runtime input 'l_x_' (a graph input that is not a parameter or buffer, and not one of the packed weight tensors); expected a weight computed only from the model's tensors""")
 
     def test_gptq_act_order(self):
         reason = refused(Spelling(**dict(fmt='gptq_v2', g_idx='act_order')), 'act-order g_idx')
-        self.assertExpectedInline(reason, """act-order g_idx: the [64] group index is not arange(K) // 32 (rows of K are not grouped contiguously, desc_act=True); act-order layers are not supported. Use a checkpoint quantised with desc_act=False, or reorder the layer's input features so that g_idx is sorted""")
+        self.assertExpectedInline(reason, """act-order g_idx: the [64] group index is not arange(K) // 32 (rows of K are not grouped contiguously, desc_act=True); expected sorted groups, act-order is not supported. Use a checkpoint quantised with desc_act=False, or reorder the layer's input features so that g_idx is sorted""")
