@@ -39,6 +39,7 @@ class KernelSpec:
     uses_triton: bool
     act_dtypes: tuple[str, ...]
     m_max: int | None = None                  # largest M this kernel is meant for
+    m_min: int | None = None                  # smallest M bucket (upper end) this kernel is meant for
     extra_check: Callable[[Problem, Target], str | None] | None = None
 
     def can_implement(self, problem: Problem, target: Target, *, triton_version: str | None = None) -> Verdict:
@@ -55,6 +56,8 @@ class KernelSpec:
             return Verdict(False, f"takes {'/'.join(self.act_dtypes)} activations, not {problem.act_dtype}")
         if self.m_max is not None and (problem.m is None or problem.m > self.m_max):
             return Verdict(False, f"serves M <= {self.m_max} only")
+        if self.m_min is not None and problem.m is not None and problem.m < self.m_min:
+            return Verdict(False, f"serves M buckets from {self.m_min} up only (the fused kernels win below)")
         if self.extra_check is not None:
             reason = self.extra_check(problem, target)
             if reason:
@@ -97,8 +100,8 @@ KERNELS: dict[str, KernelSpec] = {k.id: k for k in (
     # bf16 only: on CPUs without native fp16 math torch's int4 kernel ran fp16 ~35x slower than bf16
     # (measured on the 2-core CI machine, 2026-11-24); fp16/fp32 take the dequant + fp32 matmul path.
     KernelSpec("triton_dequant_mm", "large M: Triton dequantises the weight to the activation dtype, then "
-               "torch.matmul (cuBLAS / hipBLASLt) multiplies; chosen only where a table lists it for the M bucket",
-               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16")),
+               "torch.matmul (cuBLAS / hipBLASLt) multiplies; for M buckets from 256 up where a table lists it",
+               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16"), m_min=256),
     KernelSpec("cpu_int4pack", "torch._weight_int4pack_mm_for_cpu on weights repacked for it (bf16)",
                ("cpu",), False, ("bfloat16",), extra_check=_cpu_int4pack_check),
     KernelSpec("torch_dequant", "dequantise the standard layout per call, then matmul (fp32 on CPU); "

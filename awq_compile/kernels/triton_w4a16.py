@@ -38,7 +38,6 @@ __all__ = ["gemm", "gemv", "dequant", "launch", "prune", "shared_bytes_estimate"
 
 # Triton reads TRITON_INTERPRET when it is imported; kernels launched under it run on CPU tensors.
 _INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_INTERP = tl.constexpr(_INTERPRETER)  # the interpreter has no float atomic_xchg (and runs programs in turn)
 
 
 
@@ -108,18 +107,17 @@ def _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K > 1:
         ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws, acc, mask=mask, sem="release")
-        # every thread's partial sum must be in before this program takes its ticket
+        tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+        # each thread's adds must be performed at gpu scope before the program takes its ticket: a release
+        # (fence + no-op add) per thread after them, then a barrier, then one thread's acq_rel ticket
+        tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="release")
         tl.debug_barrier()
         ticket = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
-            # read the total and leave the workspace zeroed for the next call in one atomic step (at L2,
-            # where the other programs' adds landed); no memset launch, no separate reduction pass
-            if _INTERP:
-                acc = tl.load(ws, mask=mask, other=0.0)
-                tl.store(ws, tl.zeros_like(acc), mask=mask)
-            else:
-                acc = tl.atomic_xchg(ws, tl.zeros_like(acc), mask=mask, sem="acquire")
+            # all partial sums are in L2 (atomics); read the total past L1 and leave the workspace zeroed for
+            # the next call -- no memset launch, no separate reduction pass
+            acc = tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="acquire")   # read at L2
+            tl.store(ws, tl.zeros_like(acc), mask=mask)
             tl.atomic_xchg(lock_ptr + tile_id, 0)
         else:
             return
@@ -212,7 +210,7 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
             d2 = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)   # per-thread rows, reduced per group
         else:
             d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for sub in tl.static_range(SUB):
+        for sub in range(SUB):  # a run-time loop: one K tile of packed words live at a time (no spills)
             k0 = g * GROUP_SIZE + sub * BLOCK_K
             packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
             for i in tl.static_range(8):
@@ -337,6 +335,16 @@ def _workspace() -> _Workspace:
     if _WORKSPACE is None:
         _WORKSPACE = _Workspace()
     return _WORKSPACE
+
+
+# Split-K is only planned for small M; reserving for this many rows up front keeps the workspace from being
+# (re)allocated inside a CUDA-graph pool (cudagraph trees refuse allocations that outlive a graph).
+RESERVE_ROWS = 256
+
+
+def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
+    """Allocate the split-K workspace for ``rows`` x ``N`` now (call outside graph capture/warm-up)."""
+    _workspace().get(torch.device(device), rows * N, triton.cdiv(rows, 16) * triton.cdiv(N, 16))
 
 
 def _opts(cfg: dict) -> dict:
