@@ -211,6 +211,10 @@ class WeightCache:
                 std = src.to_standard(qweight, qzeros, scales)
             prepared = Prepared(fmt, std.group_size, None if std.qweight is qweight else std.qweight,
                                 std.qzeros, src.has_zeros)
+        if qweight.is_cuda:
+            # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
+            from .triton_w4a16 import reserve_workspace
+            reserve_workspace(qweight.device, scales.shape[1])
         with self._lock:
             for k in [k for k, e in self._entries.items() if e.expired()]:
                 del self._entries[k]
