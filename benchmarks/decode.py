@@ -121,6 +121,15 @@ def tokens_per_s(step, model, batch, steps, warm=8):
     return batch * steps / dt, y.float().clone()
 
 
+def _ensure_backend():
+    """``backend="awq"`` comes from the package's entry point; register it by hand when not installed."""
+    from torch._dynamo import list_backends, register_backend
+
+    if "awq" not in list_backends(exclude_tags=()):
+        from awq_compile.backend import awq_backend
+        register_backend(awq_backend, name="awq")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
@@ -129,6 +138,7 @@ def main(argv=None):
     ap.add_argument("--options", default="", help="backend options, k=v,k=v")
     args = ap.parse_args(argv)
     opts = dict(kv.split("=") for kv in args.options.split(",") if kv)
+    _ensure_backend()
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         awq, fp16 = build(args.layers, batch)
@@ -142,6 +152,18 @@ def main(argv=None):
             fa = torch.compile(awq, backend="awq", mode="reduce-overhead")
         tpsa, ya = tokens_per_s(fa, awq, batch, args.steps)
         err = ((ya - y16).norm() / y16.norm()).item()
+        # one more step of each from a clean cache, eager, to show which side departs from the reference
+        with torch.no_grad():
+            x = torch.randn(batch, 1, HIDDEN, device="cuda", dtype=torch.float16) * 0.1
+            outs = []
+            for m, f in ((fp16, fp16), (awq, awq), (fp16, f16), (awq, fa)):
+                for b in m.buffers():
+                    if b.dim() == 4:
+                        b.zero_()
+                outs.append(f(x, torch.tensor([0], device="cuda")).float().clone())
+            ref = outs[0]
+            print("  first step vs eager fp16: eager awq %.1e, compiled fp16 %.1e, compiled awq %.1e" % tuple(
+                ((o - ref).norm() / ref.norm()).item() for o in outs[1:]), flush=True)
         rows.append((batch, tps16, tpsa, err))
         print(f"batch {batch}: fp16 Inductor {tps16:.0f} tok/s, awq {tpsa:.0f} tok/s ({tpsa / tps16:.2f}x), "
               f"rel. diff {err:.1e}", flush=True)
