@@ -76,7 +76,8 @@ def test_explain_lists_every_awq_layer_and_skips_lm_head():
 def test_explain_for_another_target_on_this_machine():
     model = build_demo_model(SMALL, seed=1)
     tokens = torch.randint(0, SMALL.vocab_size, (1, 4))
-    for target, kernels in [("hip:gfx942", {"triton_gemv", "triton_gemm"}), ("cuda:sm90", {"triton_gemv", "triton_gemm"}),
+    triton = {"triton_gemv", "triton_gemm"}
+    for target, kernels in [("hip:gfx942", triton), ("cuda:sm90", triton | {"triton_dequant_mm"}),
                             ("hip:gfx1030", {"torch_dequant"}), ("cuda:sm70", {"torch_dequant"})]:
         report = awq_compile.explain(model, tokens, target=target)
         assert str(report.target) == target
@@ -256,3 +257,23 @@ def test_torch_logs_env_name_is_registered():
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(logging.DEBUG)
+
+
+def test_reuse_weight_memory_repacks_in_place_and_stays_correct():
+    model = fresh_awq_linear(seed=3)
+    reference = float64_reference(model, torch.randn(1, 128, dtype=torch.float16))  # noqa: F841 (warm copy)
+    model64 = copy.deepcopy(model).double()
+    before = model.qweight.clone()
+    storage = model.qweight.untyped_storage().data_ptr()
+    compiled = torch.compile(model, backend="awq", options={"inductor": False, "reuse_weight_memory": True})
+    x = torch.randn(4, 128, dtype=torch.float16)
+    with torch.no_grad():
+        for _ in range(2):
+            assert rel_err(compiled(x), model64(x.double())) < 2e-3
+    assert model.qweight.untyped_storage().data_ptr() == storage  # same memory ...
+    assert not torch.equal(model.qweight, before)                   # ... now in the standard layout
+    # a later in-place reload (AWQ bits into the rewritten buffer) must be repacked again, not misread
+    other = fresh_awq_linear(seed=9)
+    with torch.no_grad():
+        model.load_state_dict(other.state_dict())
+        assert rel_err(compiled(x), float64_reference(other, x)) < 2e-3

@@ -13,8 +13,8 @@ from .weights import Prepared
 __all__ = ["run_entry", "entry_for_device"]
 
 
-def _torch_dequant(x2d, prepared: Prepared, qweight, scales, bias):
-    q, qz, s = prepared.standard(qweight, scales)
+def _torch_dequant(x2d, prepared: Prepared, std, bias):
+    q, qz, s = std
     if x2d.device.type == "cpu":
         # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
         w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
@@ -24,10 +24,10 @@ def _torch_dequant(x2d, prepared: Prepared, qweight, scales, bias):
     return out if bias is None else out + bias
 
 
-def _cpu_int4pack(x2d, prepared: Prepared, qweight, scales, bias):
+def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
     form = prepared.extra.get(("cpu_int4pack", x2d.dtype))
     if form is None:
-        q, qz, s = prepared.standard(qweight, scales)
+        q, qz, s = std
         codes = unpack_k(q)                                    # [K, N] uint8
         packed = torch._convert_weight_to_int4pack_for_cpu(codes.t().contiguous().to(torch.int32), 1)
         s32 = s.to(torch.float32)
@@ -42,18 +42,18 @@ def _cpu_int4pack(x2d, prepared: Prepared, qweight, scales, bias):
 
 
 def _triton(kernel_id):
-    def run(x2d, prepared: Prepared, qweight, scales, bias, cfg):
+    def run(x2d, prepared: Prepared, std, bias, cfg):
         from . import triton_w4a16
 
-        q, qz, s = prepared.standard(qweight, scales)
+        q, qz, s = std
         out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
         return triton_w4a16.launch(kernel_id, x2d.contiguous(), q, qz, s, bias, out, prepared.group_size, cfg)
     return run
 
 
 _RUNNERS = {
-    "torch_dequant": lambda x, p, q, s, b, cfg: _torch_dequant(x, p, q, s, b),
-    "cpu_int4pack": lambda x, p, q, s, b, cfg: _cpu_int4pack(x, p, q, s, b),
+    "torch_dequant": lambda x, p, std, b, cfg: _torch_dequant(x, p, std, b),
+    "cpu_int4pack": lambda x, p, std, b, cfg: _cpu_int4pack(x, p, std, b),
     "triton_gemm": _triton("triton_gemm"),
     "triton_gemv": _triton("triton_gemv"),
     "triton_dequant_mm": _triton("triton_dequant_mm"),
@@ -81,7 +81,9 @@ def entry_for_device(plan: Plan, m: int, device: torch.device, problem: Problem)
     return PlanEntry(entry.m_max, "torch_dequant")
 
 
-def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, scales, bias):
+def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias):
+    """Run ``entry`` on the op's source tensors, resolved to the standard layout through ``prepared``."""
     if bias is not None and bias.dtype != x2d.dtype:
         bias = bias.to(x2d.dtype)
-    return _RUNNERS[entry.kernel](x2d, prepared, qweight, scales, bias, entry.config_dict)
+    std = prepared.standard(qweight, scales, qzeros)
+    return _RUNNERS[entry.kernel](x2d, prepared, std, bias, entry.config_dict)

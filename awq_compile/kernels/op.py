@@ -81,7 +81,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
     entry = entry_for_device(Plan.decode(plan), M, x.device, problem)
-    out = run_entry(entry, x2d, prepared, qweight, scales, bias)
+    out = run_entry(entry, x2d, prepared, qweight, qzeros, scales, bias)
     return out.reshape(*x.shape[:-1], N)
 
 

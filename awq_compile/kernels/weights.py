@@ -70,9 +70,14 @@ class Prepared:
     qzeros: torch.Tensor | None       # int32 [K/G, N/8] (None with has_zeros=False)
     has_zeros: bool
     extra: dict = dataclasses.field(default_factory=dict)   # kernel id -> kernel-specific form
+    in_place: bool = False            # the op's own qweight/qzeros hold the standard layout (reuse)
 
-    def standard(self, qweight, scales):
+    def standard(self, qweight, scales, qzeros=None):
         """(qweight_std, qzeros_std, scales) for the kernels."""
+        if self.in_place:
+            # views of the arguments: the cache keeps no reference to the user's storage
+            K, W = qweight.shape
+            return qweight.view(K // 8, W * 8), (qzeros if self.has_zeros else None), scales
         return (self.qweight if self.qweight is not None else qweight,
                 self.qzeros if self.has_zeros else None, scales)
 
@@ -85,8 +90,9 @@ class Prepared:
         return n
 
 
-# storages rewritten in place into the standard layout: (cdata, offset, shape) -> weak ref of the storage
-_REWRITTEN: dict[tuple, StorageWeakRef] = {}
+# storages rewritten in place into the standard layout:
+# (cdata, offset, shape) -> (weak ref of the storage, version counter right after the rewrite)
+_REWRITTEN: dict[tuple, tuple] = {}
 
 
 def _rewritten_key(t: torch.Tensor) -> tuple:
@@ -94,11 +100,19 @@ def _rewritten_key(t: torch.Tensor) -> tuple:
 
 
 def was_rewritten(t: torch.Tensor | None) -> bool:
-    """True when ``t``'s memory was repacked in place by :func:`repack_in_place`."""
+    """True when ``t``'s memory holds what :func:`repack_in_place` wrote and nothing has written since
+    (a later ``load_state_dict`` puts AWQ bits back and bumps the version: then it is AWQ again)."""
     if t is None:
         return False
-    ref = _REWRITTEN.get(_rewritten_key(t))
-    return ref is not None and not ref.expired()
+    key = _rewritten_key(t)
+    rec = _REWRITTEN.get(key)
+    if rec is None:
+        return False
+    ref, version = rec
+    if ref.expired() or version != _version(t):
+        del _REWRITTEN[key]
+        return False
+    return True
 
 
 def repack_in_place(src, qweight: torch.Tensor, qzeros: torch.Tensor | None, *, rows: int | None = None):
@@ -131,8 +145,8 @@ def repack_in_place(src, qweight: torch.Tensor, qzeros: torch.Tensor | None, *, 
             z_std = qzeros
     for t in (qweight, qzeros):
         if t is not None:
-            _REWRITTEN[_rewritten_key(t)] = StorageWeakRef(t.untyped_storage())
-    for k in [k for k, r in _REWRITTEN.items() if r.expired()]:
+            _REWRITTEN[_rewritten_key(t)] = (StorageWeakRef(t.untyped_storage()), _version(t))
+    for k in [k for k, (r, _) in _REWRITTEN.items() if r.expired()]:
         del _REWRITTEN[k]
     return q_std, z_std
 
@@ -194,17 +208,14 @@ class WeightCache:
                 "g_idx) differs from the one verified at compile time; the rewrite is not valid for these "
                 "weights. Recompile (torch._dynamo.reset()) or keep those tensors identical across instances")
         src = get_format(fmt)
-        if was_rewritten(qweight):
-            # already rewritten in place by an earlier repack (this cache entry was dropped since)
-            K, W = qweight.shape
-            qz = None
-            if src.has_zeros:
-                qz = qzeros
-            prepared = Prepared(fmt, K // scales.shape[0], qweight.view(K // 8, W * 8), qz, src.has_zeros)
+        zeros_src = qzeros if src.has_zeros else None
+        if src.packed_along == "N" and was_rewritten(qweight) and (zeros_src is None or was_rewritten(zeros_src)):
+            # already rewritten in place by an earlier repack, untouched since (this entry was dropped)
+            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], None, None, src.has_zeros, in_place=True)
         elif reuse and src.packed_along == "N" and qweight.is_contiguous() and (
                 qzeros is None or qzeros.is_contiguous()):
-            q_std, z_std = repack_in_place(src, qweight, qzeros if src.has_zeros else None)
-            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], q_std, z_std, src.has_zeros)
+            repack_in_place(src, qweight, zeros_src)
+            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], None, None, src.has_zeros, in_place=True)
             sources = [t for t in (qweight, qzeros, scales, *aux) if t is not None]  # versions after the write
         else:
             with torch.no_grad():
