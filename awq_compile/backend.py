@@ -60,4 +60,47 @@ def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode:
 
     mode = mode or opts.mode
     patches = list_mode_options(mode) if mode else {}
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    from torch._inductor import config as inductor_config
+
+    cudagraphs = patches.get("triton.cudagraphs", inductor_config.triton.cudagraphs)
+    return _with_weight_check(compiled, gm, ctx) if ctx.matches and cudagraphs else compiled
+
+
+def _with_weight_check(compiled, gm, ctx):
+    """Repack the weights a call brings before the compiled code runs.
+
+    Dynamo reuses this graph for other module instances.  Under CUDA graphs (``reduce-overhead``)
+    Inductor records such a call without an eager warm-up, and a repack inside the capture would have to
+    allocate from the graph's private pool; so new or modified weight tensors are found here, outside
+    Inductor's wrapper, with a cheap identity + version comparison against the previous call.
+    """
+    from .kernels.weights import _version, weight_cache
+
+    index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    specs = []
+    for m in ctx.matches:
+        roles = [m.qweight, m.qzeros, m.scales, *m.aux]
+        if not all(r is None or r in index for r in roles):
+            continue  # get_attr weights are constants of this graph: prepacked already
+        specs.append((m.fmt, [None if r is None else index[r] for r in roles], m.aux_digest, m.name))
+    watched = sorted({i for _, idx, _, _ in specs for i in idx if i is not None})
+    if not watched:
+        return compiled
+    last: list = [None]
+
+    def ensure(args):
+        sig = [(id(args[i]), _version(args[i])) for i in watched]
+        if sig != last[0]:
+            cache = weight_cache()
+            for fmt, idx, digest, name in specs:
+                t = [None if i is None else args[i] for i in idx]
+                cache.get(fmt, t[0], t[1], t[2], t[3:], aux_digest=digest, layer=name,
+                          reuse=ctx.options.reuse_weight_memory)
+            last[0] = sig
+
+    def run(*args):  # Dynamo calls the backend's result with the graph's inputs as positional arguments
+        ensure(args)
+        return compiled(*args)
+
+    return run

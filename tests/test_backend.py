@@ -250,13 +250,49 @@ def test_backend_is_found_through_the_entry_point_without_import():
     assert "entry point ok" in out.stdout
 
 
-def test_torch_logs_env_name_is_registered():
-    env = dict(os.environ, TORCH_LOGS="+awq")
+def _torch_logs_level(setting):
+    env = dict(os.environ, TORCH_LOGS=setting)
     out = subprocess.run([sys.executable, "-c", "import torch, logging; "
                           "print(logging.getLogger('awq_compile').getEffectiveLevel())"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == str(logging.DEBUG)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_torch_logs_module_name_works_on_every_torch():
+    assert _torch_logs_level("+awq_compile") == logging.DEBUG
+
+
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13),
+                    reason="torch < 2.13 parses TORCH_LOGS before loading torch.backends plugins")
+def test_torch_logs_short_name_is_registered():
+    assert _torch_logs_level("+awq") == logging.DEBUG
+
+
+def test_new_instance_weights_are_repacked_before_the_compiled_code_runs(monkeypatch):
+    # Under CUDA graphs a second instance is recorded without warm-up; the backend's wrapper must repack
+    # its weights before Inductor's code runs.  Inductor skips cudagraphs for CPU tensors, the wrapper
+    # still applies, so its effect is visible here.
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.triton, "cudagraphs", True)
+    a, b = fresh_awq_linear(seed=1), fresh_awq_linear(seed=2)
+    cache = weight_cache()
+    seen = []
+    real_get = cache.get
+
+    def spy(*args, **kwargs):
+        seen.append(args[1] is b.qweight)
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "get", spy)
+    x = torch.randn(3, 128, dtype=torch.float16)
+    with torch.no_grad():
+        torch.compile(a, backend="awq")(x)
+        seen.clear()
+        yb = torch.compile(b, backend="awq")(x)
+    assert seen and seen[0] is True  # first lookup is the wrapper's, for b's weights
+    assert rel_err(yb, float64_reference(b, x)) < 2e-3
 
 
 def test_reuse_weight_memory_repacks_in_place_and_stays_correct():

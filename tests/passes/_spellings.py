@@ -370,5 +370,5 @@ def reference(mod: SpelledLinear, x: torch.Tensor) -> torch.Tensor:
         w = (q - zz) * u.scales.double()[g]
     y = x.double() @ w
     if mod.bias is not None:
-        y = y + mod.bias.double()
+        y = y + mod.bias.double().to(y.device)
     return y
