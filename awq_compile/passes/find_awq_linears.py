@@ -55,13 +55,7 @@ def layer_name(site_node, qweight_node) -> str:
         return f"<{local.group(1)} in {where}>" if where else f"<{local.group(1)}>"
     if qweight_node.op == "get_attr":
         return qweight_node.target.rsplit(".", 1)[0] if "." in qweight_node.target else qweight_node.target
-    stack = site_node.meta.get("nn_module_stack") or {}
-    if stack:
-        qual = list(stack.values())[-1][0]
-        path = re.sub(r"^[LG]\['[^']*'\]\.?", "", str(qual))
-        if path:
-            return path
-    return f"<{site_node.name}>"
+    return _display_name(site_node)
 
 
 def _display_name(site_node) -> str:
