@@ -17,10 +17,15 @@ from . import awq
 from .standard import StandardWeight, pack_k, unpack_k
 from .unpacked import Unpacked
 
-__all__ = ["SourceFormat", "SOURCE_FORMATS", "get_format", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["SourceFormat", "SOURCE_FORMATS", "get_format", "DEFAULT_CHUNK_BYTES", "chunk_rows"]
 
 # Largest uint8 temporary a conversion step allocates (codes of one row chunk).
 DEFAULT_CHUNK_BYTES = 32 << 20
+
+
+def chunk_rows(K: int, N: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows of K converted per step: a multiple of 8 whose [rows, N] uint8 codes fit ``chunk_bytes``."""
+    return max(8, min(K, (chunk_bytes // max(N, 1)) // 8 * 8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,7 @@ class SourceFormat:
             K, W = qweight.shape
             N = W * 8
             q_std = torch.empty((K // 8, N), dtype=torch.int32, device=qweight.device)
-            rows = max(8, min(K, (chunk_bytes // max(N, 1)) // 8 * 8))
+            rows = chunk_rows(K, N, chunk_bytes)
             for k0 in range(0, K, rows):
                 k1 = min(K, k0 + rows)
                 q_std[k0 // 8:k1 // 8] = pack_k(self.unpack_weight(qweight[k0:k1]))

@@ -33,7 +33,7 @@ import weakref
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ..formats.sources import get_format
+from ..formats.sources import chunk_rows, get_format
 
 __all__ = ["Prepared", "WeightCache", "weight_cache", "digest"]
 
@@ -129,8 +129,7 @@ def repack_in_place(src, qweight: torch.Tensor, qzeros: torch.Tensor | None, *, 
     K, W = qweight.shape
     N = W * 8
     if rows is None:
-        from ..formats.sources import DEFAULT_CHUNK_BYTES
-        rows = max(8, min(K, (DEFAULT_CHUNK_BYTES // max(N, 1)) // 8 * 8))
+        rows = chunk_rows(K, N)
     flat = qweight.view(-1)
     with torch.no_grad():
         for k0 in range(0, K, rows):
@@ -209,14 +208,15 @@ class WeightCache:
                 "weights. Recompile (torch._dynamo.reset()) or keep those tensors identical across instances")
         src = get_format(fmt)
         zeros_src = qzeros if src.has_zeros else None
-        if src.packed_along == "N" and was_rewritten(qweight) and (zeros_src is None or was_rewritten(zeros_src)):
-            # already rewritten in place by an earlier repack, untouched since (this entry was dropped)
+        # already rewritten in place by an earlier repack and untouched since (its entry was dropped)
+        rewritten = src.packed_along == "N" and was_rewritten(qweight) and (
+            zeros_src is None or was_rewritten(zeros_src))
+        can_rewrite = reuse and src.packed_along == "N" and qweight.is_contiguous() and (
+            qzeros is None or qzeros.is_contiguous())
+        if rewritten or can_rewrite:
+            if not rewritten:
+                repack_in_place(src, qweight, zeros_src)  # _Entry below records the versions after the write
             prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], None, None, src.has_zeros, in_place=True)
-        elif reuse and src.packed_along == "N" and qweight.is_contiguous() and (
-                qzeros is None or qzeros.is_contiguous()):
-            repack_in_place(src, qweight, zeros_src)
-            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], None, None, src.has_zeros, in_place=True)
-            sources = [t for t in (qweight, qzeros, scales, *aux) if t is not None]  # versions after the write
         else:
             with torch.no_grad():
                 std = src.to_standard(qweight, qzeros, scales)

@@ -27,12 +27,20 @@ import itertools
 import torch
 
 from ..formats.sources import SOURCE_FORMATS, SourceFormat
+from ..formats.unpacked import dequantize
 
 __all__ = ["Verified", "verify_weight", "probe_tensors", "compare", "diagnose"]
 
 _UNIT_ROUNDOFF = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 2.0 ** -24,
                   torch.float64: 2.0 ** -53}
 _CHUNK_ELEMS = 1 << 24
+
+
+def _rounding_bound(row_scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Largest |W - (q - z)·s| that a spelling's own rounding explains, per element: a few units of
+    rounding of 16·|s| in ``dtype`` (``row_scales`` holds each row's scale, already expanded)."""
+    u_round = _UNIT_ROUNDOFF.get(dtype, 2.0 ** -11)
+    return 3 * u_round * 16 * row_scales.abs().to(torch.float32) + 1e-30
 
 
 @dataclasses.dataclass
@@ -66,20 +74,16 @@ def _compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> tup
     G = u.group_size
     rows = max(G, (_CHUNK_ELEMS // max(N, 1)) // G * G)
     exact = True
-    u_round = _UNIT_ROUNDOFF.get(W.dtype, 2.0 ** -11)
     for k0 in range(0, K, rows):
         k1 = min(K, k0 + rows)
         g0, g1 = k0 // G, (k1 + G - 1) // G
         zeros = None if u.zeros is None else u.zeros[g0:g1]
-        from ..formats.unpacked import dequantize
-
         ref = dequantize(u.codes[k0:k1], zeros, u.scales[g0:g1], G, torch.float32)
         got = W[k0:k1].to(torch.float32)
         if exact and torch.equal(ref.to(W.dtype).to(torch.float32), got):
             continue
         exact = False
-        bound = 3 * u_round * 16 * u.scales[g0:g1].abs().to(torch.float32).repeat_interleave(G, 0)[: k1 - k0]
-        bound = bound + 1e-30
+        bound = _rounding_bound(u.scales[g0:g1].repeat_interleave(G, 0)[: k1 - k0], W.dtype)
         diff = (got - ref).abs()
         if not bool((diff <= bound).all()):
             bad = int((diff > bound).sum())
@@ -136,7 +140,6 @@ def _ragged_groups(W: torch.Tensor, leaves: dict, K: int, N: int) -> str | None:
     floats = [t for t in leaves.values() if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N
               and 1 < t.shape[0] < K]
     got = W.to(torch.float32)
-    u_round = _UNIT_ROUNDOFF.get(W.dtype, 2.0 ** -11)
     for fmt in SOURCE_FORMATS:
         for qw in (t for t in ints if tuple(t.shape) == fmt.qweight_shape(K, N)):
             codes = fmt.unpack_weight(qw).to(torch.float32)
@@ -156,7 +159,7 @@ def _ragged_groups(W: torch.Tensor, leaves: dict, K: int, N: int) -> str | None:
                         def fits(cols):
                             zz = 8.0 if zeros is None else zeros[:, cols].repeat_interleave(G, 0)[:K]
                             ss = s[:, cols].to(torch.float32).repeat_interleave(G, 0)[:K]
-                            bound = 3 * u_round * 16 * ss.abs() + 1e-30
+                            bound = _rounding_bound(ss, W.dtype)
                             return bool(((got[:, cols] - (codes[:, cols] - zz) * ss).abs() <= bound).all())
 
                         if fits(slice(0, min(N, 64))) and fits(slice(None)):
