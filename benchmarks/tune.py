@@ -21,7 +21,52 @@ from .common import AWQ, copies_for, dequant64, graph_time_us, random_awq, rel_e
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 
 
-def candidates(M: int, quick: bool = False):
+def candidates_planes(M: int):
+    """Nibble-plane GEMM (PLANES, XPERM), streaming GEMV (STREAM) and FMA-decode GEMV candidates."""
+    out = []
+    P = lambda **c: out.append(("triton_gemm", dict(BLOCK_K=128, PLANES=1, SCALE_AFTER=0, **c)))  # noqa: E731
+    if M <= 4:
+        for (bn, nw), bk, sk, nreg in itertools.product(((256, 2), (512, 4), (512, 2), (1024, 4)), (32, 64),
+                                                        (16, 32), (0, 64, 80)):
+            cfg = dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, FMA_DECODE=1, num_warps=nw, num_stages=1)
+            if nreg:
+                cfg["maxnreg"] = nreg
+            out.append(("triton_gemv", cfg))
+        for (bn, nw), bk, sk in itertools.product(((128, 2), (256, 4)), (64, 128), (8, 16)):
+            out.append(("triton_gemv", dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, STREAM=1, num_warps=nw,
+                                            num_stages=1)))
+    elif M <= 16:
+        for bn, sk, xp in itertools.product((128, 256), (4, 8, 16), (0, 1)):
+            P(BLOCK_M=16, BLOCK_N=bn, SPLIT_K=sk, TRANS=0, XPERM=xp, num_warps=4, num_stages=3)
+    elif M <= 64:
+        for bm, bn, sk, tr in itertools.product((16, 32, 64), (64, 128, 256), (1, 2, 4), (0, 1)):
+            if bm == 16 and tr:
+                continue
+            P(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, TRANS=tr, XPERM=1, num_warps=4, num_stages=3)
+    elif M <= 512:
+        for bm, bn, sk, tr, nw in itertools.product((64, 128), (128, 256), (1, 2), (0, 1), (4, 8)):
+            P(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, TRANS=tr, XPERM=1, num_warps=nw, num_stages=3)
+    else:
+        for bn, tr, nw, st in itertools.product((128, 256), (0, 1), (4, 8), (3, 4)):
+            P(BLOCK_M=128, BLOCK_N=bn, SPLIT_K=1, TRANS=tr, XPERM=1, num_warps=nw, num_stages=st)
+    return out
+
+
+def candidates_table(M: int, K: int, N: int):
+    """The configs the sm90 table offers now for this M (the baseline to beat)."""
+    from awq_compile.kernels import configs as _configs
+    from awq_compile.kernels.problem import Problem
+    from awq_compile.kernels.registry import select
+    from awq_compile.target import Target
+
+    plan = select(Problem(K, N, 128, True, "float16"), Target.parse("cuda:sm90"))
+    e = plan.entry_for(M)
+    return [(e.kernel, dict(e.config))] if e.config else []
+
+
+def candidates(M: int, quick: bool = False, which: str = "all", K: int = 0, N: int = 0):
+    if which == "new":
+        return candidates_table(M, K, N) + candidates_planes(M)
     out = []
     if M <= 4:
         for (bn, nw), bk, st, sk in itertools.product(((256, 2), (512, 4), (1024, 4), (512, 2), (1024, 8)),
@@ -61,6 +106,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--json", default=None)
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop sweeping after this long")
+    ap.add_argument("--set", default="all", choices=("all", "new"),
+                    help="'new': the table's current pick plus the PLANES/STREAM kernels")
     args = ap.parse_args(argv)
     t_start = time.time()
     G = 128
@@ -82,7 +129,7 @@ def main(argv=None):
             x = torch.randn(M, K, dtype=torch.float16, device="cuda")
             ref = x.double() @ w64
             outs = [torch.empty(M, N, dtype=torch.float16, device="cuda") for _ in range(R)]
-            for kid, cfg in candidates(M):
+            for kid, cfg in candidates(M, which=args.set, K=K, N=N):
                 if time.time() > deadline:
                     print(f"budget for M={M} exhausted", flush=True)
                     break

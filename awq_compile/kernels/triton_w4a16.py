@@ -69,6 +69,28 @@ def _plane(packed, I: tl.constexpr):
 
 
 @triton.jit
+def _plane_lo(packed, I: tl.constexpr):
+    """fp32 ``OFF + q`` for nibble I with a small offset (OFF = 2**11 or 2**7): the nibble is first moved
+    to bit 12 or 16, so ``x * (OFF + q)`` loses at most 11 bits to the offset and the offsets can be taken
+    out of the sum once per group (``FMA_DECODE``) instead of subtracted per element."""
+    if I == 0:
+        src = packed << 12
+    elif I <= 2:
+        src = packed << 8
+    elif I <= 4:
+        src = packed
+    elif I <= 6:
+        src = packed >> 8
+    else:
+        src = packed >> 12
+    P: tl.constexpr = 12 if (I == 0 or I == 1 or I == 3 or I == 5) else 16
+    MASK: tl.constexpr = 15 << P
+    MAGIC: tl.constexpr = (150 - P) << 23
+    bits = (src & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE: tl.constexpr):
     """fp32 [BLOCK_K, BLOCK_N] exact ``(q - z) * s`` (or ``q - z`` when not SCALE) from packed
     [BLOCK_K/8, BLOCK_N] and fp32 s, z [BLOCK_N].  Rows come out in natural k order (row 8r + i is
@@ -183,13 +205,144 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
 
 
 # ----------------------------------------------------------------------------------------------------
+# fused GEMM over nibble planes: no reshape, no float conversion instruction
+@triton.jit
+def _plane_act(packed, I: tl.constexpr, ACT: tl.constexpr):
+    """Nibble I of every word as the activation dtype's ``MAGIC + q`` (fp16 1024 + q, bf16 128 + q), exact.
+
+    The nibble goes into the low mantissa bits of a 16-bit pattern whose exponent makes one mantissa step
+    equal 1: an AND, a truncation and an OR -- no conversion instruction."""
+    if I > 0:
+        src = packed >> (4 * I)
+    else:
+        src = packed
+    q = (src & 15).to(tl.int16)
+    if ACT == tl.bfloat16:
+        return (q | 0x4300).to(tl.bfloat16, bitcast=True)
+    else:
+        return (q | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+                        M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+                        GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                        SCALE_AFTER: tl.constexpr, TRANS: tl.constexpr, XPERM: tl.constexpr):
+    """Like ``_gemm_kernel`` but each K tile is eight dots of K = BLOCK_K/8, one per nibble plane.
+
+    Plane i of the packed tile [BLOCK_K/8, BLOCK_N] holds rows k0 + 8r + i; it is multiplied by the
+    activation columns k0 + 8r + i (a strided load of x).  The decoded weight never changes shape, so the
+    compiler keeps it in the layout the matrix unit reads (no per-element shared-memory shuffle), and the
+    decode is AND/OR/subtract/multiply in the activation dtype -- bit-identical to ``(q - z) * s``
+    rounded once.  TRANS computes out^T = W^T x^T so the weight is the left (register-capable) operand.
+    XPERM: x arrives with each K tile's columns regrouped plane by plane (``launch`` makes that copy), so
+    a plane's activations are contiguous -- vector loads instead of a stride-8 gather, which matters once
+    the x tile is as large as the weight tile (M >= 64).
+    """
+    ACT: tl.constexpr = x_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    BK8: tl.constexpr = BLOCK_K // 8
+    offs_r = tl.arange(0, BK8)
+    if XPERM:
+        XR: tl.constexpr = 1      # column of plane i, row r of the tile: k0 + i * BK8 + r
+        XI: tl.constexpr = BK8
+    else:
+        XR: tl.constexpr = 8      # k0 + 8 r + i
+        XI: tl.constexpr = 1
+    if TRANS:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        x_tile = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR     # [BK8, BM]
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * XR     # [BM, BK8]
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
+    for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
+        k0 = t * BLOCK_K
+        packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+        if HAS_ZEROS:
+            zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+            zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
+        else:
+            zq = tl.full(offs_n.shape, 8, tl.int16)
+        if ACT == tl.bfloat16:
+            zm = (zq | 0x4300).to(tl.bfloat16, bitcast=True)     # 128 + z
+        else:
+            zm = (zq | 0x6400).to(tl.float16, bitcast=True)      # 1024 + z
+        if SCALE_AFTER:
+            if TRANS:
+                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            else:
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for i in tl.static_range(8):
+            if UPCAST_DOT:  # interpreter: its bf16 arithmetic is wrong; fp32 gives the same rounded values
+                w = _plane_act(packed, i, ACT).to(tl.float32) - zm.to(tl.float32)[None, :]
+                if not SCALE_AFTER:
+                    w = (w * s.to(tl.float32)[None, :]).to(ACT)
+            else:
+                w = _plane_act(packed, i, ACT) - zm[None, :]      # q - z, exact
+                if not SCALE_AFTER:
+                    w = w * s[None, :]                           # rounded once, like the user's dequant
+            if TRANS:
+                a = tl.load(x_tile + (k0 + i * XI), mask=mask_m[None, :], other=0.0)
+                if UPCAST_DOT:
+                    a = a.to(tl.float32)
+                    wt = tl.trans(w.to(tl.float32))
+                else:
+                    wt = tl.trans(w)
+                if SCALE_AFTER:
+                    part = tl.dot(wt, a, part)
+                else:
+                    acc = tl.dot(wt, a, acc)
+            else:
+                a = tl.load(x_tile + (k0 + i * XI), mask=mask_m[:, None], other=0.0)
+                if UPCAST_DOT:
+                    a = a.to(tl.float32)
+                    w = w.to(tl.float32)
+                if SCALE_AFTER:
+                    part = tl.dot(a, w, part)
+                else:
+                    acc = tl.dot(a, w, acc)
+        if SCALE_AFTER:
+            if TRANS:
+                acc += part * s.to(tl.float32)[:, None]
+            else:
+                acc += part * s.to(tl.float32)[None, :]
+    if TRANS:
+        acc = tl.trans(acc)
+    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
+            stride_om, SPLIT_K, HAS_BIAS)
+
+
+# ----------------------------------------------------------------------------------------------------
 # split-K GEMV for decode
 @triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
+                 SPLIT_K: tl.constexpr, FMA_DECODE: tl.constexpr = False):
+    """FMA_DECODE (BLOCK_M == 1): one FMA per weight element on ``OFF_i + q`` (see ``_plane_lo``); the
+    group's ``sum_k OFF(k) x_k + z * sum_k x_k`` is subtracted per column once per group, computed from
+    one contiguous load of the group's activations."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -198,6 +351,10 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_r = tl.arange(0, BLOCK_K // 8)
+    offs_g = tl.arange(0, GROUP_SIZE)
+    # offset of k's nibble in _plane_lo: 2**11 for k % 8 in (0, 1, 3, 5), else 2**7
+    kk = offs_g % 8
+    off_g = tl.where((kk == 0) | (kk == 1) | (kk == 3) | (kk == 5), 2048.0, 128.0)
     SUB: tl.constexpr = GROUP_SIZE // BLOCK_K          # K tiles per group
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_groups = K // GROUP_SIZE
@@ -214,15 +371,82 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
             k0 = g * GROUP_SIZE + sub * BLOCK_K
             packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
             for i in tl.static_range(8):
-                SH, P = _nibble_consts(i)
-                OFF = 1.0 * (1 << (23 - P))
-                w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
-                if BLOCK_M == 1:
+                if FMA_DECODE and BLOCK_M == 1:
                     xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
-                    d2 += xi[:, None] * w
+                    d2 += xi[:, None] * _plane_lo(packed, i)                     # x * (OFF + q)
                 else:
-                    xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
-                    d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+                    SH, P = _nibble_consts(i)
+                    OFF = 1.0 * (1 << (23 - P))
+                    w = _plane(packed, i) - (z + OFF)[None, :]                   # [BK8, BN] = q - z
+                    if BLOCK_M == 1:
+                        xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
+                        d2 += xi[:, None] * w
+                    else:
+                        xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
+                        d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+        if BLOCK_M == 1:
+            d = tl.sum(d2, axis=0)[None, :]
+            if FMA_DECODE:
+                xg = tl.load(x_ptr + pid_m * stride_xm + g * GROUP_SIZE + offs_g).to(tl.float32)
+                d = d - (tl.sum(xg * off_g, axis=0) + z * tl.sum(xg, axis=0))[None, :]
+        acc += s[None, :] * d
+    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N,
+            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS)
+
+
+@triton.jit
+def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+                        M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+                        GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        SPLIT_K: tl.constexpr):
+    """GEMV over a contiguous run of K tiles with the next tile's words, scales and zeros loaded before the
+    current tile is decoded (register double buffering), so every thread keeps loads in flight while it
+    computes instead of waiting one memory round trip per tile."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    BK8: tl.constexpr = BLOCK_K // 8
+    offs_r = tl.arange(0, BK8)
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t0 = pid_k * per_split
+    t1 = min(k_tiles, t0 + per_split)
+    w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
+    x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * 8
+    # tile indices are clamped into range (the prefetch past the last tile re-reads it from cache)
+    t_first = min(t0, k_tiles - 1)
+    nxt = tl.load(w_tile + t_first * BK8 * stride_qk, mask=mask_n[None, :], other=0)
+    s_n, z_n = _scale_zero(qz_ptr, s_ptr, t_first * BLOCK_K // GROUP_SIZE, offs_n, mask_n,
+                           stride_zg, stride_sg, HAS_ZEROS)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(t0, t1):
+        packed = nxt
+        s = s_n
+        z = z_n
+        t_next = min(t + 1, t1 - 1)
+        nxt = tl.load(w_tile + t_next * BK8 * stride_qk, mask=mask_n[None, :], other=0)
+        s_n, z_n = _scale_zero(qz_ptr, s_ptr, t_next * BLOCK_K // GROUP_SIZE, offs_n, mask_n,
+                               stride_zg, stride_sg, HAS_ZEROS)
+        k0 = t * BLOCK_K
+        if BLOCK_M == 1:
+            d2 = tl.zeros((BK8, BLOCK_N), dtype=tl.float32)
+        else:
+            d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for i in tl.static_range(8):
+            SH, P = _nibble_consts(i)
+            OFF = 1.0 * (1 << (23 - P))
+            w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
+            if BLOCK_M == 1:
+                xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
+                d2 += xi[:, None] * w
+            else:
+                xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
+                d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
         if BLOCK_M == 1:
             d = tl.sum(d2, axis=0)[None, :]
         acc += s[None, :] * d
@@ -253,9 +477,9 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K, stride_qk, stride_zg, st
 
 KERNELS = {"triton_gemm": _gemm_kernel, "triton_gemv": _gemv_kernel, "triton_dequant_mm": _dequant_kernel}
 # Config keys that are launch options rather than constexpr kernel arguments.
-LAUNCH_KEYS = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+LAUNCH_KEYS = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack", "maxnreg")
 KERNEL_ARGS = {"triton_gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "SCALE_AFTER"),
-               "triton_gemv": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"),
+               "triton_gemv": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "FMA_DECODE"),
                "triton_dequant_mm": ("BLOCK_N", "BLOCK_K")}
 
 
@@ -294,7 +518,11 @@ def prune(kernel_id: str, cfg: dict, *, K: int, N: int, group_size: int, shared_
     if K % bk:
         return f"BLOCK_K={bk} does not divide K={K}"
     split = cfg.get("SPLIT_K", 1)
-    if kernel_id == "triton_gemv" and split > K // group_size:
+    if cfg.get("FMA_DECODE") and (group_size & (group_size - 1) or cfg.get("BLOCK_M", 1) != 1):
+        return f"FMA_DECODE needs BLOCK_M=1 and a power-of-two group size, not {group_size}"
+    if cfg.get("PLANES") and bk < 128:
+        return f"PLANES needs BLOCK_K >= 128 (a dot of K = BLOCK_K/8 >= 16 per nibble plane), not {bk}"
+    if kernel_id == "triton_gemv" and not cfg.get("STREAM") and split > K // group_size:
         return f"SPLIT_K={split} exceeds the {K // group_size} groups"
     if split > K // bk:
         return f"SPLIT_K={split} exceeds the {K // bk} K tiles"
@@ -348,7 +576,9 @@ def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
 
 
 def _opts(cfg: dict) -> dict:
-    return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg and (k in ("num_warps", "num_stages") or torch.version.hip)}
+    hip = bool(torch.version.hip)
+    return {k: cfg[k] for k in LAUNCH_KEYS
+            if k in cfg and (k in ("num_warps", "num_stages") or (hip != (k == "maxnreg")))}
 
 
 def dequant(qweight, qzeros, scales, group_size: int, cfg: dict, dtype, out=None):
@@ -381,15 +611,27 @@ def launch(kernel_id: str, x2d, qweight, qzeros, scales, bias, out, group_size: 
         ws, lock = out, out  # unused
     consts = {k: cfg[k] for k in KERNEL_ARGS[kernel_id] if k in cfg}
     consts.setdefault("SPLIT_K", 1)
+    if "FMA_DECODE" in consts:
+        consts["FMA_DECODE"] = bool(consts["FMA_DECODE"])
+    fn = KERNELS[kernel_id]
     if kernel_id == "triton_gemm":
         consts.setdefault("GROUP_M", 8)
         consts["SCALE_AFTER"] = bool(consts.get("SCALE_AFTER", 0))
         consts["UPCAST_DOT"] = _INTERPRETER and x2d.dtype == torch.bfloat16
+        if cfg.get("PLANES"):
+            fn = _gemm_planes_kernel
+            consts["TRANS"] = bool(cfg.get("TRANS", 0))
+            consts["XPERM"] = bool(cfg.get("XPERM", 0))
+            if consts["XPERM"]:
+                bk = cfg["BLOCK_K"]
+                x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
         grid = (tiles_m * tiles_n, split)
     else:
         consts.setdefault("BLOCK_M", 1)
+        if cfg.get("STREAM"):
+            fn = _gemv_stream_kernel
         grid = (tiles_n, split, tiles_m)
-    KERNELS[kernel_id][grid](
+    fn[grid](
         x2d, qweight, qzeros if qzeros is not None else qweight, scales,
         bias if bias is not None else scales, out, ws, lock,
         M, N, K, x2d.stride(0), qweight.stride(0),

@@ -23,7 +23,7 @@ from awq_compile.formats.standard import from_unpacked
 from awq_compile.target import CI_TARGETS, Target
 from _util import rel_err
 
-_LAUNCH_ONLY = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+_LAUNCH_ONLY = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack", "maxnreg")
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,7 +48,9 @@ def _device():
 def _case_id(case):
     kernel, cfg, g, targets = case
     c = dict(cfg)
-    return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}-g{g}"
+    flags = "".join(f"-{k.lower()}" for k in ("PLANES", "TRANS", "XPERM", "STREAM", "FMA_DECODE", "SCALE_AFTER")
+                    if c.get(k))
+    return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}{flags}-g{g}"
 
 
 def test_every_ci_target_contributes_configs():

@@ -63,6 +63,55 @@ def test_kernel_path_matches_float64(kid, cfg, dtype):
         _run(kid, cfg, x, q, qz, s, b, 64, ref, dtype)
 
 
+# The nibble-plane GEMM (PLANES: eight dots of K = BLOCK_K/8, decode in the activation dtype, optionally
+# transposed so the weight is the left operand) and the streaming GEMV (STREAM: next tile prefetched into
+# registers) need BLOCK_K >= 128 / a whole number of K tiles per group, so they run at G=128, K=384:
+# three K tiles of 128 (split-K 2 leaves one program a single tile), six of 64.
+NEW_PATHS = [
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, PLANES=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, PLANES=1, TRANS=1)),
+    ("triton_gemm", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, PLANES=1, TRANS=1, SCALE_AFTER=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=3, PLANES=1, SCALE_AFTER=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, PLANES=1, XPERM=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, PLANES=1, TRANS=1, XPERM=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3, FMA_DECODE=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, FMA_DECODE=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4, STREAM=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, STREAM=1)),
+    ("triton_gemv", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, STREAM=1)),
+]
+
+
+@pytest.mark.parametrize("kid, cfg", NEW_PATHS,
+                         ids=[f"{k}-{'-'.join(f'{a}{v}' for a, v in c.items())}" for k, c in NEW_PATHS])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_plane_and_stream_paths_match_float64(kid, cfg, dtype):
+    for i, (M, zeros, bias) in enumerate(((3, True, True), (17, False, False))):
+        x, q, qz, s, b, ref = _case(M, 384, 72, 128, dtype, zeros, bias, seed=hash((kid, str(cfg), i)) % 1000)
+        _run(kid, cfg, x, q, qz, s, b, 128, ref, dtype)
+
+
+def test_plane_gemm_weight_is_rounded_like_the_users_dequant():
+    # without SCALE_AFTER the plane decode computes (q - z) * s in fp16 -- one rounding of the exact
+    # product, the same as the eager dequant -- so it matches x @ W_fp16 to fp32-accumulation noise
+    x, q, qz, s, b, _ = _case(5, 256, 64, 128, torch.float16, True, False, seed=11)
+    from awq_compile.formats.standard import dequantize_standard
+
+    w16 = dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float16)
+    ref16 = x.cpu().double() @ w16.double()
+    out = torch.empty(5, 64, dtype=torch.float16, device=x.device)
+    tw.launch("triton_gemm", x, q, qz, s, None, out, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1))
+    assert rel_err(out.cpu(), ref16) < 1e-3
+
+
+def test_plane_gemm_needs_a_dot_of_sixteen():
+    why = tw.prune("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, PLANES=1), K=4096, N=4096,
+                   group_size=128, shared_limit=0)
+    assert why and "PLANES needs BLOCK_K >= 128" in why
+    assert tw.prune("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, PLANES=1), K=4096, N=4096,
+                    group_size=64, shared_limit=0)      # BLOCK_K larger than the group
+
+
 def test_group_smaller_than_block_rows_and_large_group():
     # G=32 with BLOCK_K=32 (one tile per group) and G=K (per-channel: SUB=K/BLOCK_K tiles per group)
     for G, cfg in ((32, dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=4)),
