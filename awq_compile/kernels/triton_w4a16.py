@@ -18,6 +18,20 @@ Integer -> float without a conversion instruction: a nibble masked *in place* at
 LOP3 and one exact subtraction of ``2**(23-p) + z`` give ``q - z``.  Nibbles 5..7 are first shifted down
 by 12 bits (one shift per word for three nibbles).
 
+Variants, chosen by keys in a table's config (the registry and the AOT path see one kernel id each):
+
+* ``PLANES`` (triton_gemm; BLOCK_K >= 128 and <= the group): eight dots of K = BLOCK_K/8, one per nibble
+  plane, so the decoded weight keeps the load's shape and the compiler keeps it in the MMA operand
+  layout; the decode is 16-bit (``(q | 0x6400)`` as fp16 is 1024 + q, ``0x4300`` as bf16 is 128 + q), so
+  the subtract and the scale multiply are f16x2/bf16x2 instructions with no conversion, rounded exactly
+  as the user's ``(q - z) * s``.  ``XPERM``: ``launch`` regroups each K tile of x plane by plane (one
+  small copy) so the activation loads are vector loads; ``TRANS``: computes ``out^T = W^T x^T``.
+* ``STREAM`` (triton_gemv): a contiguous run of K tiles per program with the next tile's words, scales
+  and zeros loaded before the current one is decoded.
+* ``FMA_DECODE`` (triton_gemv, BLOCK_M = 1): nibbles moved to bit 12/16 so ``OFF + q`` has a small
+  offset (2**11 / 2**7); the loop is one FMA per element on it and the group's
+  ``sum OFF(k) x_k + z sum x_k`` is taken off per column once per group.
+
 Split-K partial sums go to an fp32 workspace with ``tl.atomic_add``; the last program to finish a tile
 (counted with a per-tile atomic ticket) reads the sum back, adds bias, casts and writes the output, so
 no separate reduction pass over [M, N] runs.  Workspace and tickets are left zeroed for the next call.
@@ -293,10 +307,13 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
             else:
                 part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for i in tl.static_range(8):
-            if UPCAST_DOT:  # interpreter: its bf16 arithmetic is wrong; fp32 gives the same rounded values
+            if UPCAST_DOT or s_ptr.dtype.element_ty != ACT:
+                # scales in another dtype than x (or the interpreter, whose bf16 arithmetic is wrong): the
+                # exact fp32 product rounded once to x's dtype -- what the fp16/bf16 path computes too
                 w = _plane_act(packed, i, ACT).to(tl.float32) - zm.to(tl.float32)[None, :]
                 if not SCALE_AFTER:
-                    w = (w * s.to(tl.float32)[None, :]).to(ACT)
+                    w = w * s.to(tl.float32)[None, :]
+                w = w.to(ACT)
             else:
                 w = _plane_act(packed, i, ACT) - zm[None, :]      # q - z, exact
                 if not SCALE_AFTER:

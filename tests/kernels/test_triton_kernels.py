@@ -104,6 +104,20 @@ def test_plane_gemm_weight_is_rounded_like_the_users_dequant():
     assert rel_err(out.cpu(), ref16) < 1e-3
 
 
+@pytest.mark.parametrize("x_dtype, s_dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)],
+                         ids=["x16-sbf16", "xbf16-s16"])
+def test_plane_gemm_with_scales_in_another_dtype(x_dtype, s_dtype):
+    # a checkpoint's fp16 scales with bf16 activations (and the reverse) must not reach tl.dot mixed
+    x, q, qz, s, b, ref = _case(3, 256, 40, 128, s_dtype, True, False, seed=5)
+    x = x.to(x_dtype)
+    from awq_compile.formats.standard import dequantize_standard
+
+    ref = x.cpu().double() @ dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float64)
+    for cfg in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, XPERM=1),
+                dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, SCALE_AFTER=1)):
+        _run("triton_gemm", cfg, x, q, qz, s, None, 128, ref, x_dtype)
+
+
 def test_plane_gemm_needs_a_dot_of_sixteen():
     why = tw.prune("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, PLANES=1), K=4096, N=4096,
                    group_size=128, shared_limit=0)
