@@ -54,9 +54,6 @@ MATRIX_PATTERNS = {
 }
 
 _ACT_DTYPES = ("float16", "bfloat16", "float32")
-_LAUNCH_KEYS = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack", "maxnreg")
-_CUDA_ONLY = ("maxnreg",)
-_AMD_ONLY = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
 _KERNEL_MODULE = "awq_compile.kernels.triton_w4a16"
 
 
@@ -405,8 +402,9 @@ def _compile_here(req: AotRequest) -> AotReport:
         sig, ints = _signature(fn, values, constexprs)
         gpu_target = target.to_triton()
         attrs = _attrs(make_backend(gpu_target), target, sig, ints)
-        options = {k: cfg[k] for k in _LAUNCH_KEYS if k in cfg and (k not in _AMD_ONLY or target.backend == "hip")
-                   and (k not in _CUDA_ONLY or target.backend == "cuda")}
+        from .triton_w4a16 import launch_options
+
+        options = launch_options(cfg, target.backend)
         try:
             src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         except TypeError:  # a Triton whose ASTSource takes no attrs keyword

@@ -137,6 +137,21 @@ def _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZERO
 
 
 @triton.jit
+def _tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, num_n) of this program in grouped order: GROUP_M row tiles share each column strip
+    while it is in L2."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n, num_n
+
+
+@triton.jit
 def _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile_id,
             stride_om, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
     """Write a [BLOCK_M, BLOCK_N] fp32 tile: directly, or through the split-K workspace + ticket."""
@@ -173,16 +188,8 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
                  SCALE_AFTER: tl.constexpr):
-    pid = tl.program_id(0)
+    pid_m, pid_n, num_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # grouped order: GROUP_M row-tiles share each column strip while it is in L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -221,20 +228,24 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
 # ----------------------------------------------------------------------------------------------------
 # fused GEMM over nibble planes: no reshape, no float conversion instruction
 @triton.jit
-def _plane_act(packed, I: tl.constexpr, ACT: tl.constexpr):
-    """Nibble I of every word as the activation dtype's ``MAGIC + q`` (fp16 1024 + q, bf16 128 + q), exact.
-
-    The nibble goes into the low mantissa bits of a 16-bit pattern whose exponent makes one mantissa step
-    equal 1: an AND, a truncation and an OR -- no conversion instruction."""
-    if I > 0:
-        src = packed >> (4 * I)
-    else:
-        src = packed
-    q = (src & 15).to(tl.int16)
+def _magic16(q, ACT: tl.constexpr):
+    """int16 values 0..15 as the activation dtype's ``MAGIC + q`` (fp16 1024 + q, bf16 128 + q), exact:
+    q goes into the low mantissa bits of a 16-bit pattern whose exponent makes one mantissa step equal 1
+    -- an OR, no conversion instruction."""
     if ACT == tl.bfloat16:
         return (q | 0x4300).to(tl.bfloat16, bitcast=True)
     else:
         return (q | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _plane_act(packed, I: tl.constexpr, ACT: tl.constexpr):
+    """Nibble I of every word as ``MAGIC + q`` in the activation dtype (see ``_magic16``)."""
+    if I > 0:
+        src = packed >> (4 * I)
+    else:
+        src = packed
+    return _magic16((src & 15).to(tl.int16), ACT)
 
 
 @triton.jit
@@ -256,15 +267,8 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
     the x tile is as large as the weight tile (M >= 64).
     """
     ACT: tl.constexpr = x_ptr.dtype.element_ty
-    pid = tl.program_id(0)
+    pid_m, pid_n, num_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -297,10 +301,7 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
             zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
         else:
             zq = tl.full(offs_n.shape, 8, tl.int16)
-        if ACT == tl.bfloat16:
-            zm = (zq | 0x4300).to(tl.bfloat16, bitcast=True)     # 128 + z
-        else:
-            zm = (zq | 0x6400).to(tl.float16, bitcast=True)      # 1024 + z
+        zm = _magic16(zq, ACT)                                   # MAGIC + z
         if SCALE_AFTER:
             if TRANS:
                 part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -352,6 +353,28 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
 # ----------------------------------------------------------------------------------------------------
 # split-K GEMV for decode
 @triton.jit
+def _gemv_tile(d, packed, z, x_row, x_rows, k0, offs_r, mask_m, BLOCK_M: tl.constexpr, FMA_DECODE: tl.constexpr):
+    """Add one K tile of packed words to the GEMV partial ``d``: [BK8, BN] per-thread rows of x * (q - z)
+    for BLOCK_M == 1 (``x_row`` points at the row; with FMA_DECODE x * (OFF + q), see ``_plane_lo``),
+    else [BM, BN] sums over the tile (``x_rows`` [BM, BK8] pointers)."""
+    for i in tl.static_range(8):
+        if FMA_DECODE and BLOCK_M == 1:
+            xi = tl.load(x_row + k0 + i + offs_r * 8).to(tl.float32)
+            d += xi[:, None] * _plane_lo(packed, i)                          # x * (OFF + q)
+        else:
+            SH, P = _nibble_consts(i)
+            OFF = 1.0 * (1 << (23 - P))
+            w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
+            if BLOCK_M == 1:
+                xi = tl.load(x_row + k0 + i + offs_r * 8).to(tl.float32)
+                d += xi[:, None] * w
+            else:
+                xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
+                d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+    return d
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
                  M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -381,28 +404,16 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     for g in range(pid_k * per_split, min(n_groups, (pid_k + 1) * per_split)):
         s, z = _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
         if BLOCK_M == 1:
-            d2 = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)   # per-thread rows, reduced per group
+            d = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)    # per-thread rows, reduced per group
         else:
             d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for sub in range(SUB):  # a run-time loop: one K tile of packed words live at a time (no spills)
             k0 = g * GROUP_SIZE + sub * BLOCK_K
             packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
-            for i in tl.static_range(8):
-                if FMA_DECODE and BLOCK_M == 1:
-                    xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
-                    d2 += xi[:, None] * _plane_lo(packed, i)                     # x * (OFF + q)
-                else:
-                    SH, P = _nibble_consts(i)
-                    OFF = 1.0 * (1 << (23 - P))
-                    w = _plane(packed, i) - (z + OFF)[None, :]                   # [BK8, BN] = q - z
-                    if BLOCK_M == 1:
-                        xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
-                        d2 += xi[:, None] * w
-                    else:
-                        xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
-                        d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+            d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, k0, offs_r, mask_m, BLOCK_M,
+                           FMA_DECODE)
         if BLOCK_M == 1:
-            d = tl.sum(d2, axis=0)[None, :]
+            d = tl.sum(d, axis=0)[None, :]
             if FMA_DECODE:
                 xg = tl.load(x_ptr + pid_m * stride_xm + g * GROUP_SIZE + offs_g).to(tl.float32)
                 d = d - (tl.sum(xg * off_g, axis=0) + z * tl.sum(xg, axis=0))[None, :]
@@ -449,23 +460,14 @@ def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
         nxt = tl.load(w_tile + t_next * BK8 * stride_qk, mask=mask_n[None, :], other=0)
         s_n, z_n = _scale_zero(qz_ptr, s_ptr, t_next * BLOCK_K // GROUP_SIZE, offs_n, mask_n,
                                stride_zg, stride_sg, HAS_ZEROS)
-        k0 = t * BLOCK_K
         if BLOCK_M == 1:
-            d2 = tl.zeros((BK8, BLOCK_N), dtype=tl.float32)
+            d = tl.zeros((BK8, BLOCK_N), dtype=tl.float32)
         else:
             d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for i in tl.static_range(8):
-            SH, P = _nibble_consts(i)
-            OFF = 1.0 * (1 << (23 - P))
-            w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
-            if BLOCK_M == 1:
-                xi = tl.load(x_ptr + pid_m * stride_xm + k0 + i + offs_r * 8).to(tl.float32)
-                d2 += xi[:, None] * w
-            else:
-                xi = tl.load(x_rows + (k0 + i), mask=mask_m[:, None], other=0.0).to(tl.float32)
-                d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
+        d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, t * BLOCK_K, offs_r, mask_m, BLOCK_M,
+                       False)
         if BLOCK_M == 1:
-            d = tl.sum(d2, axis=0)[None, :]
+            d = tl.sum(d, axis=0)[None, :]
         acc += s[None, :] * d
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N,
             pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS)
@@ -495,6 +497,12 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K, stride_qk, stride_zg, st
 KERNELS = {"triton_gemm": _gemm_kernel, "triton_gemv": _gemv_kernel, "triton_dequant_mm": _dequant_kernel}
 # Config keys that are launch options rather than constexpr kernel arguments.
 LAUNCH_KEYS = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack", "maxnreg")
+_BACKEND_ONLY = {"waves_per_eu": "hip", "matrix_instr_nonkdim": "hip", "kpack": "hip", "maxnreg": "cuda"}
+
+
+def launch_options(cfg: dict, backend: str) -> dict:
+    """The config's launch options that a ``backend`` ("cuda" or "hip") compiler takes."""
+    return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg and _BACKEND_ONLY.get(k, backend) == backend}
 KERNEL_ARGS = {"triton_gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "SCALE_AFTER"),
                "triton_gemv": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "FMA_DECODE"),
                "triton_dequant_mm": ("BLOCK_N", "BLOCK_K")}
@@ -593,9 +601,7 @@ def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
 
 
 def _opts(cfg: dict) -> dict:
-    hip = bool(torch.version.hip)
-    return {k: cfg[k] for k in LAUNCH_KEYS
-            if k in cfg and (k in ("num_warps", "num_stages") or (hip != (k == "maxnreg")))}
+    return launch_options(cfg, "hip" if torch.version.hip else "cuda")
 
 
 def dequant(qweight, qzeros, scales, group_size: int, cfg: dict, dtype, out=None):

@@ -20,10 +20,10 @@ import torch
 from awq_compile.cli.check_target import plan_requests
 from awq_compile.formats import quantize
 from awq_compile.formats.standard import from_unpacked
+from awq_compile.kernels.triton_w4a16 import LAUNCH_KEYS
 from awq_compile.target import CI_TARGETS, Target
 from _util import rel_err
 
-_LAUNCH_ONLY = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim", "kpack", "maxnreg")
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +34,7 @@ def _cases() -> list[tuple]:
         findings, _ = plan_requests(Target.parse(t), dtypes=("float16",))
         for f in findings.values():
             r = f.request
-            cfg = tuple((k, v) for k, v in r.config if k not in _LAUNCH_ONLY)
+            cfg = tuple((k, v) for k, v in r.config if k not in LAUNCH_KEYS)
             seen.setdefault((r.kernel, cfg, r.group_size), [])
             if t not in seen[(r.kernel, cfg, r.group_size)]:
                 seen[(r.kernel, cfg, r.group_size)].append(t)
