@@ -54,7 +54,6 @@ def candidates_planes(M: int):
 
 def candidates_table(M: int, K: int, N: int):
     """The configs the sm90 table offers now for this M (the baseline to beat)."""
-    from awq_compile.kernels import configs as _configs
     from awq_compile.kernels.problem import Problem
     from awq_compile.kernels.registry import select
     from awq_compile.target import Target

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from awq_compile.formats import from_unpacked, quantize
+from awq_compile.formats.standard import dequantize_standard
 from awq_compile.kernels import triton_w4a16 as tw
 from _util import rel_err
 
@@ -95,8 +96,6 @@ def test_plane_gemm_weight_is_rounded_like_the_users_dequant():
     # without SCALE_AFTER the plane decode computes (q - z) * s in fp16 -- one rounding of the exact
     # product, the same as the eager dequant -- so it matches x @ W_fp16 to fp32-accumulation noise
     x, q, qz, s, b, _ = _case(5, 256, 64, 128, torch.float16, True, False, seed=11)
-    from awq_compile.formats.standard import dequantize_standard
-
     w16 = dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float16)
     ref16 = x.cpu().double() @ w16.double()
     out = torch.empty(5, 64, dtype=torch.float16, device=x.device)
@@ -110,8 +109,6 @@ def test_plane_gemm_with_scales_in_another_dtype(x_dtype, s_dtype):
     # a checkpoint's fp16 scales with bf16 activations (and the reverse) must not reach tl.dot mixed
     x, q, qz, s, b, ref = _case(3, 256, 40, 128, s_dtype, True, False, seed=5)
     x = x.to(x_dtype)
-    from awq_compile.formats.standard import dequantize_standard
-
     ref = x.cpu().double() @ dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float64)
     for cfg in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, XPERM=1),
                 dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, SCALE_AFTER=1)):
