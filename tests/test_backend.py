@@ -272,10 +272,11 @@ def test_torch_logs_short_name_is_registered():
 def test_new_instance_weights_are_repacked_before_the_compiled_code_runs(monkeypatch):
     # Under CUDA graphs a second instance is recorded without warm-up; the backend's wrapper must repack
     # its weights before Inductor's code runs.  Inductor skips cudagraphs for CPU tensors, the wrapper
-    # still applies, so its effect is visible here.
+    # still applies, so its effect is visible here.  The config is patched with torch's own
+    # ``config.patch``: pytest >= 9.2's monkeypatch undo deletes config attributes, and every later
+    # Inductor compile in the process then fails.
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.triton, "cudagraphs", True)
     a, b = fresh_awq_linear(seed=1), fresh_awq_linear(seed=2)
     cache = weight_cache()
     seen = []
@@ -287,12 +288,24 @@ def test_new_instance_weights_are_repacked_before_the_compiled_code_runs(monkeyp
 
     monkeypatch.setattr(cache, "get", spy)
     x = torch.randn(3, 128, dtype=torch.float16)
-    with torch.no_grad():
+    with torch.no_grad(), inductor_config.patch({"triton.cudagraphs": True}):
         torch.compile(a, backend="awq")(x)
         seen.clear()
         yb = torch.compile(b, backend="awq")(x)
     assert seen and seen[0] is True  # first lookup is the wrapper's, for b's weights
     assert rel_err(yb, float64_reference(b, x)) < 2e-3
+
+
+def test_inductor_config_survives_the_cudagraph_test():
+    # Regression: the test above used monkeypatch.setattr on the Inductor config; under pytest 9.2 its
+    # undo deleted the attribute and every later compile failed.
+    from torch._inductor import config as inductor_config
+
+    assert isinstance(inductor_config.triton.cudagraphs, bool)
+    m = fresh_awq_linear(seed=4)
+    x = torch.randn(2, 128, dtype=torch.float16)
+    with torch.no_grad():
+        assert rel_err(torch.compile(m, backend="awq")(x), float64_reference(m, x)) < 2e-3
 
 
 def test_reuse_weight_memory_repacks_in_place_and_stays_correct():
