@@ -75,7 +75,7 @@ def _with_weight_check(compiled, gm, ctx):
     allocate from the graph's private pool; so new or modified weight tensors are found here, outside
     Inductor's wrapper, with a cheap identity + version comparison against the previous call.
     """
-    from .kernels.weights import _version, weight_cache
+    from .runtime.weights import _version, weight_cache
 
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     specs = []

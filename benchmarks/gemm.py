@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-import awq_compile.kernels.op  # noqa: F401  (registers torch.ops.awq_compile.w4a16_linear)
+import awq_compile.runtime.op  # noqa: F401  (registers torch.ops.awq_compile.w4a16_linear)
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select
 from awq_compile.target import detect

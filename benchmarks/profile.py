@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-import awq_compile.kernels.op  # noqa: F401
+import awq_compile.runtime.op  # noqa: F401
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select
 from awq_compile.target import detect

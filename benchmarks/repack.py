@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from awq_compile.kernels.weights import WeightCache
+from awq_compile.runtime.weights import WeightCache
 from .common import random_awq
 
 LAYER = ((4096, 4096), (4096, 1024), (4096, 1024), (4096, 4096), (4096, 14336), (4096, 14336), (14336, 4096))

@@ -3,7 +3,7 @@ match float64 (``python -m benchmarks.splitk_stress``).  A race in the split-K r
 error that moves between launches on the same inputs."""
 import torch
 
-import awq_compile.kernels.op  # noqa: F401
+import awq_compile.runtime.op  # noqa: F401
 from awq_compile.kernels import triton_w4a16 as tw
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select

@@ -13,7 +13,7 @@ from torch import nn
 
 import awq_compile
 from awq_compile.backend import awq_backend
-from awq_compile.kernels.weights import weight_cache
+from awq_compile.runtime.weights import weight_cache
 from awq_compile.models import AwqLinear, LlamaConfig, build_demo_model
 from awq_compile.models.llama import Block
 from _util import rel_err

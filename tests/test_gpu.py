@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import awq_compile
-import awq_compile.kernels.op  # noqa: F401
+import awq_compile.runtime.op  # noqa: F401
 from awq_compile.formats import quantize, to_awq
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select

@@ -11,7 +11,7 @@ from torch import nn
 
 import awq_compile
 from awq_compile.backend import awq_backend
-from awq_compile.kernels.op import w4a16_linear  # noqa: F401  (registers the op)
+from awq_compile.runtime.op import w4a16_linear  # noqa: F401  (registers the op)
 from awq_compile.models import LlamaConfig, build_demo_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "passes"))

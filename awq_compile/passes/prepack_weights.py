@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.weights import weight_cache
+from ..runtime.weights import weight_cache
 from .context import PassContext, log
 
 

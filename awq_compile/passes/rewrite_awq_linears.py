@@ -6,7 +6,7 @@
     y = torch.ops.awq_compile.w4a16_linear(x, qweight, qzeros, scales, bias, [aux...],
                                            "layers.0.q_proj", "awq", 128, "<plan>", "<aux digest>")
 
-The op receives the *source* tensors so the weights are looked up per call (see kernels/weights.py):
+The op receives the *source* tensors so the weights are looked up per call (see runtime/weights.py):
 one compiled graph stays correct for every module instance that reuses it.  The now-unused dequant
 nodes are removed by the dead-code pass.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.op import w4a16_linear  # noqa: F401  (registers the op)
-from ..kernels.weights import digest
+from ..runtime.op import w4a16_linear  # noqa: F401  (registers the op)
+from ..runtime.weights import digest
 from .context import PassContext
 
 

@@ -5,11 +5,11 @@ import gc
 import pytest
 import torch
 
-import awq_compile.kernels.op  # noqa: F401  registers torch.ops.awq_compile
+import awq_compile.runtime.op  # noqa: F401  registers torch.ops.awq_compile
 from awq_compile.formats import quantize, to_awq, to_gptq
 from awq_compile.kernels.registry import select
 from awq_compile.kernels.problem import Problem
-from awq_compile.kernels.weights import WeightCache, weight_cache
+from awq_compile.runtime.weights import WeightCache, weight_cache
 from awq_compile.target import Target
 from _util import rel_err
 
@@ -137,7 +137,7 @@ class TestWeightCache:
         cache = WeightCache()
         _, (q, qz, s) = make()
         idx = torch.arange(8)
-        from awq_compile.kernels.weights import digest
+        from awq_compile.runtime.weights import digest
 
         d = digest([idx])
         cache.get("awq", q, qz, s, [idx], aux_digest=d)

@@ -6,8 +6,8 @@ import torch
 
 from ..formats.awq import unpack_n_sequential
 from ..formats.standard import dequantize_standard, unpack_k
-from .registry import KERNELS, Plan, PlanEntry
-from .problem import Problem
+from ..kernels.registry import KERNELS, Plan, PlanEntry
+from ..kernels.problem import Problem
 from .weights import Prepared
 
 __all__ = ["run_entry", "entry_for_device"]
@@ -43,7 +43,7 @@ def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
 
 def _triton(kernel_id):
     def run(x2d, prepared: Prepared, std, bias, cfg):
-        from . import triton_w4a16
+        from ..kernels import triton_w4a16
 
         q, qz, s = std
         out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)

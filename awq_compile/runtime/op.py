@@ -25,8 +25,8 @@ import torch
 
 from ..formats.sources import get_format
 from .dispatch import entry_for_device, run_entry
-from .problem import Problem
-from .registry import Plan
+from ..kernels.problem import Problem
+from ..kernels.registry import Plan
 from .weights import weight_cache
 
 __all__ = ["w4a16_linear", "check_inputs"]
