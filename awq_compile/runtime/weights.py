@@ -10,6 +10,14 @@ baked into the graph: the op looks them up here, keyed on the identity of the so
 * a freed model's entries expire (weak references to the storages) instead of aliasing new tensors
   that happen to reuse the address.
 
+Inference tensors (created under ``torch.inference_mode()``) carry no version counter, so an in-place
+write to them (``load_state_dict`` inside inference mode) leaves no trace the cache could check, and
+there is no exact and cheap substitute (only a full content comparison per call).  Their derived
+forms are therefore never cached: each call converts from the tensors as they are (correct, at about
+the cost of the user's own eager dequant), and the layer says so once at warning level with the fix
+-- create or load the model outside inference mode; running it under inference mode is fine, since
+normal tensors keep counting versions there.  Nor are such tensors ever rewritten in place.
+
 The cache holds only what it derived (standard-layout qweight and zeros, kernel-specific forms); tensors
 usable as they are (scales, an already-standard qweight) are taken from the op's arguments at call time,
 so the cache never keeps a user's model alive.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import threading
 import weakref
 
@@ -36,6 +45,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from ..formats.sources import chunk_rows, get_format
 
 __all__ = ["Prepared", "WeightCache", "weight_cache", "digest"]
+
+log = logging.getLogger("awq_compile")
 
 
 def _version(t: torch.Tensor):
@@ -173,6 +184,7 @@ class WeightCache:
         self._entries: dict[tuple, _Entry] = {}
         self._lock = threading.Lock()
         self.repacks = 0  # how many conversions ran (tests and explain read it)
+        self._warned_uncached: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -196,11 +208,6 @@ class WeightCache:
         return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse)
 
     def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse=False) -> Prepared:
-        if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
-                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
-                "with these weights before capturing")
         if aux and aux_digest and digest(aux) != aux_digest:
             raise RuntimeError(
                 f"awq_compile: layer '{layer}': an auxiliary tensor of the dequantisation (reorder index or "
@@ -208,6 +215,14 @@ class WeightCache:
                 "weights. Recompile (torch._dynamo.reset()) or keep those tensors identical across instances")
         src = get_format(fmt)
         zeros_src = qzeros if src.has_zeros else None
+        if any(t.is_inference() for t in sources):
+            return self._uncached(src, qweight, qzeros, scales, layer)
+        # (a per-call conversion inside a CUDA-graph capture is recorded and replayed: it stays correct)
+        if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
+                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
+                "with these weights before capturing")
         # already rewritten in place by an earlier repack and untouched since (its entry was dropped)
         rewritten = src.packed_along == "N" and was_rewritten(qweight) and (
             zeros_src is None or was_rewritten(zeros_src))
@@ -232,6 +247,25 @@ class WeightCache:
             self._entries[key] = _Entry(sources, prepared)
             self.repacks += 1
         return prepared
+
+
+    def _uncached(self, src, qweight, qzeros, scales, layer) -> Prepared:
+        """Inference tensors: convert for this call only (see the module docstring)."""
+        if layer not in self._warned_uncached:
+            self._warned_uncached.add(layer)
+            log.warning(
+                "awq_compile: layer '%s': its weights are inference tensors (created under "
+                "torch.inference_mode()), which carry no version counter, so an in-place reload could not be "
+                "seen; their repacked form is rebuilt on every call instead of cached (slower). Create or load "
+                "the model outside torch.inference_mode() (running it under inference mode is fine)", layer)
+        if qweight.is_cuda:
+            from ..kernels.triton_w4a16 import reserve_workspace
+            reserve_workspace(qweight.device, scales.shape[1])
+        with torch.no_grad():
+            std = src.to_standard(qweight, qzeros, scales)
+        self.repacks += 1
+        return Prepared(src.name, std.group_size, None if std.qweight is qweight else std.qweight,
+                        std.qzeros, src.has_zeros)
 
 
 _CACHE: WeightCache | None = None

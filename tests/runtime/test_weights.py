@@ -1,0 +1,78 @@
+"""The weight cache: freshness of repacked weights (inference tensors) and their lifetime."""
+
+import logging
+
+import torch
+
+import awq_compile.runtime.op  # noqa: F401  registers torch.ops.awq_compile
+from awq_compile.formats import quantize, to_awq
+from awq_compile.models import AwqLinear
+from awq_compile.runtime.weights import WeightCache
+from _util import rel_err
+
+op = torch.ops.awq_compile.w4a16_linear
+
+
+def awq_linear(K=128, N=64, G=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(K, N, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(N, K, generator=g) / K ** 0.5)
+        lin.bias.copy_(torch.randn(N, generator=g))
+    return AwqLinear.from_float(lin, G).eval()
+
+
+def reference(model, x):
+    """The module's own dequant in float64."""
+    m = AwqLinear(model.in_features, model.out_features, model.group_size, model.bias is not None, torch.float64)
+    with torch.no_grad():
+        m.qweight.copy_(model.qweight), m.qzeros.copy_(model.qzeros), m.scales.copy_(model.scales.double())
+        m.bias.copy_(model.bias.double())
+    return m(x.double())
+
+
+class TestInferenceTensors:
+    """Issue 9 item 2: inference tensors have no version counter; an in-place reload must still be seen."""
+
+    def test_reload_inside_inference_mode_is_served_fresh(self, caplog):
+        with torch.inference_mode():
+            model, other = awq_linear(seed=1), awq_linear(seed=7)
+            assert model.qweight.is_inference()
+            compiled = torch.compile(model, backend="awq", options={"inductor": False})
+            x = torch.randn(4, 128, dtype=torch.float16)
+            with caplog.at_level(logging.WARNING, logger="awq_compile"):
+                assert rel_err(compiled(x), reference(model, x)) < 2e-3
+            model.load_state_dict(other.state_dict())  # copy_ into the same inference tensors
+            y = compiled(x)
+        assert rel_err(y, reference(other, x)) < 2e-3
+        assert any("inference tensors" in r.getMessage() and "outside torch.inference_mode()" in r.getMessage()
+                   for r in caplog.records)
+
+    def test_cache_never_keeps_a_form_it_cannot_validate(self):
+        cache = WeightCache()
+        with torch.inference_mode():
+            q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+            a = cache.get("awq", q, qz, s, layer="l")
+            q2, _, _ = to_awq(quantize(torch.randn(256, 64), 64))
+            q.copy_(q2)
+            b = cache.get("awq", q, qz, s, layer="l")
+        assert len(cache) == 0
+        assert not torch.equal(a.qweight, b.qweight)
+
+    def test_reuse_never_rewrites_inference_tensors(self):
+        cache = WeightCache()
+        with torch.inference_mode():
+            q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+            before = q.clone()
+            p = cache.get("awq", q, qz, s, layer="l", reuse=True)
+        assert torch.equal(q, before) and not p.in_place
+
+    def test_normal_tensors_run_under_inference_mode_keep_their_cache(self):
+        cache = WeightCache()
+        q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+        with torch.inference_mode():
+            a = cache.get("awq", q, qz, s)
+            assert cache.get("awq", q, qz, s) is a
+            q.copy_(to_awq(quantize(torch.randn(256, 64), 64))[0])  # normal tensors count versions here too
+            assert cache.get("awq", q, qz, s) is not a
+        assert cache.repacks == 2 and len(cache) == 1
