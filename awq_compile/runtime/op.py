@@ -107,8 +107,9 @@ def w4a16_linear_backward(grad: torch.Tensor, x: Optional[torch.Tensor], qweight
     are in (with ``reuse_weight_memory`` the source buffers themselves hold the standard layout).
     """
     prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer)
-    q, qz, s = prepared.standard(qweight, scales, qzeros)
-    K, N = q.shape[0] * 8, q.shape[1]
+    std = prepared.standard(qweight, scales, qzeros)
+    q, qz, s = std.qweight, std.qzeros, std.scales
+    K, N = std.K, std.N
     g2d = grad.reshape(-1, N)
     out = []
     if need_x:

@@ -7,6 +7,7 @@ import torch
 import awq_compile.runtime.op  # noqa: F401  registers torch.ops.awq_compile
 from awq_compile.formats import quantize, to_awq
 from awq_compile.models import AwqLinear
+from awq_compile.formats.standard import dequantize_standard
 from awq_compile.runtime.weights import WeightCache
 from _util import rel_err
 
@@ -76,3 +77,37 @@ class TestInferenceTensors:
             q.copy_(to_awq(quantize(torch.randn(256, 64), 64))[0])  # normal tensors count versions here too
             assert cache.get("awq", q, qz, s) is not a
         assert cache.repacks == 2 and len(cache) == 1
+
+
+class TestLayoutInTheValue:
+    """Issue 10 item 6: the cache's value says which layout it holds; no module-level table decides."""
+
+    def test_standard_and_kernel_forms_name_their_layout(self):
+        cache = WeightCache()
+        u = quantize(torch.randn(256, 64), 64)
+        q, qz, s = to_awq(u)
+        p = cache.get("awq", q, qz, s)
+        std = p.standard(q, s, qz)
+        assert std.layout == "standard" and not p.in_place
+        form = p.form("cpu_int4pack", std.qweight, std.scales, std.qzeros, torch.bfloat16)
+        assert form.layout == "cpu_int4pack" and p.form("cpu_int4pack", q, s, qz, torch.bfloat16) is form
+        assert cache.nbytes() == std.qweight.nbytes + std.qzeros.nbytes + form.nbytes()
+
+    def test_in_place_value_serves_the_rewritten_buffers(self):
+        cache = WeightCache()
+        u = quantize(torch.randn(256, 64), 64)
+        q, qz, s = to_awq(u)
+        p = cache.get("awq", q, qz, s, reuse=True)
+        assert p.in_place and p.qweight is None and cache.nbytes() == 0
+        std = p.standard(q, s, qz)
+        assert std.qweight.data_ptr() == q.data_ptr()
+        assert torch.equal(dequantize_standard(std.qweight, std.qzeros, s, 64), u.dequantize())
+        # a new scales tensor makes a new entry; the cache still knows the buffers hold the standard layout
+        s2 = s.clone()
+        p2 = cache.get("awq", q, qz, s2)
+        assert p2 is not p and p2.in_place
+
+    def test_no_module_level_layout_table(self):
+        import awq_compile.runtime.weights as weights
+
+        assert not any(isinstance(v, dict) for k, v in vars(weights).items() if not k.startswith("__"))
