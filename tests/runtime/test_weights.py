@@ -111,3 +111,57 @@ class TestLayoutInTheValue:
         import awq_compile.runtime.weights as weights
 
         assert not any(isinstance(v, dict) for k, v in vars(weights).items() if not k.startswith("__"))
+
+
+class TestLifetime:
+    """Issue 9 item 5: repacked weights are freed when their sources die, not at some later repack."""
+
+    def test_entry_goes_with_its_sources(self):
+        cache = WeightCache()
+        q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+        cache.get("awq", q, qz, s)
+        assert len(cache) == 1 and cache.nbytes() == 256 * 64 // 2 + 4 * 64 // 2
+        del q  # the last reference to one source storage
+        assert len(cache) == 0 and cache.nbytes() == 0
+
+    def test_rewritten_buffer_record_goes_with_its_storage(self):
+        cache = WeightCache()
+        q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+        cache.get("awq", q, qz, s, reuse=True)
+        assert len(cache._rewritten) == 2
+        del q, qz
+        assert len(cache._rewritten) == 0 and len(cache) == 0
+
+    def test_reload_replaces_the_entry_without_leaking_finalizers(self):
+        import weakref
+
+        cache = WeightCache()
+        q, qz, s = to_awq(quantize(torch.randn(256, 64), 64))
+        before = len(weakref.finalize._registry)
+        for _ in range(5):
+            q.copy_(to_awq(quantize(torch.randn(256, 64), 64))[0])
+            cache.get("awq", q, qz, s)
+        assert len(cache) == 1 and len(weakref.finalize._registry) - before == 3
+        del q, qz, s
+        assert len(weakref.finalize._registry) == before
+
+    def test_fifty_deleted_compiled_models_leave_nothing(self):
+        from awq_compile.runtime.weights import weight_cache
+
+        cache = weight_cache()
+        torch._dynamo.reset()
+        base_len, base_bytes = len(cache), cache.nbytes()
+        x = torch.randn(2, 128, dtype=torch.float16)
+        models = [awq_linear(seed=i) for i in range(50)]
+        per_model = 128 * 64 // 2 + 4 * 64 // 2  # standard qweight + zeros, int4
+        with torch.no_grad():
+            for m in models:
+                torch.compile(m, backend="awq", options={"inductor": False})(x)
+        assert cache.nbytes() - base_bytes == 50 * per_model
+        del models, m
+        import gc
+
+        gc.collect()
+        torch._dynamo.reset()
+        gc.collect()
+        assert len(cache) == base_len and cache.nbytes() == base_bytes
