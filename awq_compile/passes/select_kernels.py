@@ -45,14 +45,11 @@ def select_kernels(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         kept.append(m)
         em = _example_m(m)
         entry = m.plan.entry_for(em if em is not None else 1)
-        buckets, lo = {}, 1
-        for e in m.plan.entries:
-            buckets[f"{lo}..{'' if e.m_max is None else e.m_max}"] = e.kernel
-            lo = (e.m_max or 0) + 1
+        buckets = {rng: e.kernel for rng, e in m.plan.buckets()}
         ctx.layers.append(LayerReport(
             name=m.name, in_features=m.K, out_features=m.N, group_size=m.group_size, format=m.fmt,
             kernel=entry.kernel, kernels=buckets, rejected=dict(m.plan.rejected), exact=m.exact,
-            graph=ctx.graph_index, node=m.matmul.name))
+            graph=ctx.graph_index, node=m.matmul.name, configs={rng: e.label() for rng, e in m.plan.buckets()}))
         log.info("rewrote %s: %s [%d -> %d] g%d on %s: %s", m.name, m.fmt, m.K, m.N, m.group_size, ctx.target,
                  m.plan.describe())
     ctx.matches = kept

@@ -10,8 +10,10 @@
   (:mod:`.weights`), repacking on first sight.
 * ``aux`` are the other tensors the user's dequant read (reorder index, g_idx), checked against
   ``aux_digest`` whenever new weights appear.
-* ``plan`` is the compile-time M -> (kernel, config) table (:class:`~.registry.Plan`); the choice by M
-  happens here, at run time, so one compiled graph serves every batch size.
+* ``plan`` is the compile-time M -> (kernel, config) table (:class:`~.registry.Plan`) with the target it
+  was made for; the choice by M happens here, at run time, so one compiled graph serves every batch size.
+  The tensors' device is checked against the plan's target family once per device: on another family the
+  plan is made again for the device's target and a warning names the layer (``runtime.dispatch``).
 
 The op is opaque to Inductor (a ``custom_op`` with a fake implementation for shape propagation and
 dynamic shapes).  Registration happens when this module is first imported, which the backend does.
@@ -19,12 +21,13 @@ dynamic shapes).  Registration happens when this module is first imported, which
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
 
 from ..formats.sources import get_format
-from .dispatch import entry_for_device, run_entry
+from .dispatch import plan_on_device, run_entry
 from ..kernels.problem import Problem
 from ..kernels.registry import Plan
 from .weights import weight_cache
@@ -68,6 +71,14 @@ def check_inputs(x, qweight, qzeros, scales, bias, layer: str, fmt: str, group_s
     return K, N
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan_on(plan: str, layer: str, device_type: str, device_index, problem: Problem) -> Plan:
+    """The plan text checked against the device once per (plan, layer, device, problem): the registry's
+    rule re-plans (and warns once naming the layer) when the device is of another target family."""
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    return plan_on_device(Plan.decode(plan), device, problem, layer)
+
+
 @torch.library.custom_op("awq_compile::w4a16_linear", mutates_args=())
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
                  bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
@@ -80,8 +91,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
         return x.new_empty((*x.shape[:-1], N))
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
-    entry = entry_for_device(Plan.decode(plan), M, x.device, problem)
-    out = run_entry(entry, x2d, prepared, qweight, qzeros, scales, bias)
+    resolved = _plan_on(plan, layer, x.device.type, x.device.index, problem)
+    out = run_entry(resolved.entry_for(M), x2d, prepared, qweight, qzeros, scales, bias, target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
 
 

@@ -224,7 +224,7 @@ class WeightCache:
                                 std.qzeros, src.has_zeros)
         if qweight.is_cuda:
             # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(qweight.device, scales.shape[1])
         with self._lock:
             for k in [k for k, e in self._entries.items() if e.expired()]:
