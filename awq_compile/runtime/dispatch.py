@@ -9,8 +9,7 @@ import logging
 
 import torch
 
-from ..formats.awq import unpack_n_sequential
-from ..formats.standard import dequantize_standard, unpack_k
+from ..formats.standard import dequantize_standard
 from ..kernels.problem import Problem
 from ..kernels.registry import Plan, PlanEntry, plan_for_device
 from ..target import Target, detect, interpreter_active
@@ -22,7 +21,7 @@ log = logging.getLogger("awq_compile")
 
 
 def _torch_dequant(x2d, prepared: Prepared, std, bias):
-    q, qz, s = std
+    q, qz, s = std.qweight, std.qzeros, std.scales
     if x2d.device.type == "cpu":
         # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
         w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
@@ -33,26 +32,15 @@ def _torch_dequant(x2d, prepared: Prepared, std, bias):
 
 
 def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
-    form = prepared.extra.get(("cpu_int4pack", x2d.dtype))
-    if form is None:
-        q, qz, s = std
-        codes = unpack_k(q)                                    # [K, N] uint8
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes.t().contiguous().to(torch.int32), 1)
-        s32 = s.to(torch.float32)
-        z = 8.0 if qz is None else unpack_n_sequential(qz).to(torch.float32)
-        # tinygemm computes (q - 8) * scale + zero, so zero = (8 - z) * scale
-        scale_zero = torch.stack([s32, (8.0 - z) * s32], dim=-1).to(x2d.dtype).contiguous()
-        form = (packed, scale_zero)
-        prepared.extra[("cpu_int4pack", x2d.dtype)] = form
-    packed, scale_zero = form
-    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), packed, prepared.group_size, scale_zero)
+    form = prepared.form("cpu_int4pack", std.qweight, std.scales, std.qzeros, x2d.dtype)
+    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), form.qweight, form.group_size, form.scales)
     return out if bias is None else out + bias
 
 
 def _triton(x2d, prepared: Prepared, std, bias, entry: PlanEntry, target: Target):
     from ..kernels.triton.launch import run
 
-    q, qz, s = std
+    q, qz, s = std.qweight, std.qzeros, std.scales
     out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
     return run(entry.kernel, entry.config, entry.launch, x2d.contiguous(), q, qz, s, bias, out,
                prepared.group_size, target, interpret=_interpreting())
