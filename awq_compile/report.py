@@ -26,6 +26,7 @@ class LayerReport:
     exact: bool = True               # bit-exact verification (else equal within rounding)
     graph: int = 0
     node: str = ""
+    configs: dict = dataclasses.field(default_factory=dict)   # "M lo..hi" -> kernel with its config
 
 
 @dataclasses.dataclass
@@ -61,9 +62,9 @@ class Report:
         lines = [f"awq_compile explain -- target {self.target}, {self.graphs} graph(s), "
                  f"{len(self.layers)} AWQ layer(s), {len(self.skipped)} matmul(s) left alone"]
         if self.layers:
-            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel)")]
+            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel config)")]
             for lay in self.layers:
-                plan = ", ".join(f"{m}: {k}" for m, k in lay.kernels.items())
+                plan = ", ".join(f"{m}: {lay.configs.get(m, k)}" for m, k in lay.kernels.items())
                 rows.append((lay.name, str(lay.in_features), str(lay.out_features), str(lay.group_size),
                              lay.format + ("" if lay.exact else "~"), lay.kernel, plan))
             lines += _table(rows)

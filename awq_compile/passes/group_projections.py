@@ -27,7 +27,7 @@ from ..runtime.planning import PlanRequest, plan_for
 from ..target import Target
 from .eliminate_dead_code import writes_nothing
 from .records import Bindings, MergedGroup, log
-from .select_kernels import example_m, plan_buckets
+from .select_kernels import example_m
 
 __all__ = ["group_projections", "value_key", "movable"]
 
@@ -151,6 +151,7 @@ def group_projections(layers: tuple, gm: torch.fx.GraphModule, bindings: Binding
         em = example_m(first)
         reports.append(MergeReport(name=name, parts=tuple(names), in_features=first.K, out_features=N,
                                    kernel=plan.entry_for(em if em is not None else 1).kernel,
-                                   kernels=plan_buckets(plan), graph=graph_index))
+                                   kernels={rng: e.label() for rng, e in plan.buckets()},
+                                   graph=graph_index))
         log.info("merged %s: one launch [%d -> %d] on %s: %s", name, first.K, N, target, plan.describe())
     return tuple(groups), tuple(reports)

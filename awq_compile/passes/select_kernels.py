@@ -36,15 +36,6 @@ def example_m(match) -> int | None:
     return None
 
 
-def plan_buckets(plan) -> dict:
-    """``{"1..4": kernel, "5..16": kernel, ..., "129..": kernel}``: the whole plan, for reports."""
-    buckets, lo = {}, 1
-    for e in plan.entries:
-        buckets[f"{lo}..{'' if e.m_max is None else e.m_max}"] = e.kernel
-        lo = (e.m_max or 0) + 1
-    return buckets
-
-
 def problem_of(m) -> Problem:
     return Problem(m.K, m.N, m.group_size, m.qzeros is not None, str(m.act_dtype).removeprefix("torch."),
                    has_bias=m.bias is not None)
@@ -65,10 +56,11 @@ def select_kernels(matches, target: Target, options: Options, graph_index: int =
         planned.append(PlannedLayer(match=m, request=request.encode(), plan=plan))
         em = example_m(m)
         entry = plan.entry_for(em if em is not None else 1)
+        buckets = {rng: e.kernel for rng, e in plan.buckets()}
         reports.append(LayerReport(
             name=m.name, in_features=m.K, out_features=m.N, group_size=m.group_size, format=m.fmt,
-            kernel=entry.kernel, kernels=plan_buckets(plan), rejected=dict(plan.rejected), exact=m.exact,
-            graph=graph_index, node=m.matmul.name))
+            kernel=entry.kernel, kernels=buckets, rejected=dict(plan.rejected), exact=m.exact,
+            graph=graph_index, node=m.matmul.name, configs={rng: e.label() for rng, e in plan.buckets()}))
         log.info("rewrote %s: %s [%d -> %d] g%d on %s: %s", m.name, m.fmt, m.K, m.N, m.group_size, target,
                  plan.describe())
     return tuple(planned), tuple(skips.items), tuple(reports)

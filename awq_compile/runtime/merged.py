@@ -24,9 +24,8 @@ import torch
 
 from ..formats.standard import dequantize_standard
 from ..kernels.problem import Problem
-from .dispatch import entry_for_device, run_entry
-from .op import check_inputs
-from .planning import resolve
+from .dispatch import run_entry
+from .op import plan_for_call, check_inputs
 from .weights import weight_cache
 
 __all__ = ["w4a16_linear_merged", "merged_name", "join_names"]
@@ -81,8 +80,9 @@ def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: L
     prepared = merged.prepared
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
-    entry = entry_for_device(resolve(plan, problem, name), M, x.device, problem)
-    out = run_entry(entry, x2d, prepared, prepared.qweight, prepared.qzeros, merged.scales, bias)
+    resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
+    out = run_entry(resolved.entry_for(M), x2d, prepared, prepared.qweight, prepared.qzeros, merged.scales, bias,
+                    target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
 
 

@@ -275,7 +275,7 @@ class WeightCache:
                                 None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros)
         if qweight.is_cuda:
             # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(qweight.device, scales.shape[1])
         with self._lock:
             entry = _Entry(sources, prepared, next(self._serial))
@@ -310,7 +310,7 @@ class WeightCache:
                 "with these weights before capturing")
         merged = _merge(src, parts)
         if q0.is_cuda:
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(q0.device, merged.scales.shape[1])
         with self._lock:
             entry = _Entry(sources, merged, next(self._serial))
@@ -327,7 +327,7 @@ class WeightCache:
         """Inference tensors: convert for this call only (see the module docstring)."""
         self._warn_uncached(layer)
         if w.qweight.is_cuda:
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(w.qweight.device, w.N)
         std = convert(w, "standard")
         self.repacks += 1
