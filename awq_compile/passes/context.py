@@ -36,6 +36,7 @@ class AwqMatch:
     exact: bool                       # bit-exact against our dequant (else within rounding)
     plan: Any = None                  # kernels.registry.Plan, set by select_kernels
     aux_digest: str = ""
+    detach_scales: bool = False       # scales require grad but the user's dequant gives them none
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import re
 
 import torch
 
+from ._grad import scales_gradient
 from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
 from .context import AwqMatch, PassContext, log
@@ -168,7 +169,13 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
                 ctx.skip(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
+        grad, why = scales_gradient(sub, verdict.fmt, verdict.qweight, verdict.qzeros, verdict.scales, ctx.values,
+                                    site.orientation, verdict.group_size)
+        if why is not None:
+            ctx.skip(node, name, why, quantized_looking=True)
+            continue
         _record(ctx, site, sub, verdict, W, act_dtype)
+        ctx.matches[-1].detach_scales = not grad and ctx.values[verdict.scales].requires_grad
     return gm
 
 

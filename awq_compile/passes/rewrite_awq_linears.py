@@ -30,7 +30,8 @@ def rewrite_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.
         m.x = replaced.get(m.x, m.x)
         m.bias = replaced.get(m.bias, m.bias)
         with gm.graph.inserting_before(m.matmul):
-            new = gm.graph.call_function(op, (m.x, m.qweight, m.qzeros, m.scales, m.bias, list(m.aux), m.name,
+            scales = gm.graph.call_method("detach", (m.scales,)) if m.detach_scales else m.scales
+            new = gm.graph.call_function(op, (m.x, m.qweight, m.qzeros, scales, m.bias, list(m.aux), m.name,
                                               m.fmt, m.group_size, m.plan.encode(), m.aux_digest))
         replaced[m.matmul] = new
         new.meta.update({k: v for k, v in m.matmul.meta.items() if k in ("nn_module_stack", "stack_trace",
