@@ -34,6 +34,7 @@ class AwqMatch:
     act_dtype: torch.dtype
     name: str
     exact: bool                       # bit-exact against our dequant (else within rounding)
+    weight_nodes: tuple = ()          # the dequant subgraph: the only nodes dead-code removal may touch
     plan: Any = None                  # kernels.registry.Plan, set by select_kernels
     aux_digest: str = ""
     detach_scales: bool = False       # scales require grad but the user's dequant gives them none

@@ -187,6 +187,6 @@ def _record(ctx: PassContext, site, sub, v: Verified, W, act_dtype) -> None:
     ctx.matches.append(AwqMatch(
         matmul=site.node, x=site.x, bias=site.bias, qweight=v.qweight, qzeros=v.qzeros, scales=v.scales,
         aux=aux, fmt=v.fmt.name, K=K, N=N, group_size=v.group_size, act_dtype=act_dtype, name=name,
-        exact=v.exact))
+        exact=v.exact, weight_nodes=tuple(sub.nodes)))
     log.debug("matched %s: %s K=%d N=%d G=%d %s (%d nodes, aux %s)", name, v.fmt.name, K, N, v.group_size,
               "bit-exact" if v.exact else "within rounding", len(sub.nodes), [a.name for a in aux])
