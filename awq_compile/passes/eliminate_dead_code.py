@@ -1,4 +1,4 @@
-"""Pass 6: drop the dequantisation nodes our rewrite left unused -- those and nothing else.
+"""Transformation 3: drop the dequantisation nodes our rewrite left unused -- those and nothing else.
 
 Only nodes of the matched weight subgraphs (``AwqMatch.weight_nodes``) are candidates: the rest of the
 graph is the user's and is handed on exactly as Dynamo captured it (Inductor does its own dead-code
@@ -19,7 +19,7 @@ import operator
 
 import torch
 
-from .context import PassContext, log
+from .records import Analysis, log
 
 _OPERATOR_IN_PLACE = {operator.iand, operator.ior, operator.ixor, operator.iadd, operator.isub, operator.imul,
                       operator.itruediv, operator.ifloordiv, operator.irshift, operator.ilshift, operator.setitem,
@@ -55,10 +55,8 @@ def writes_nothing(node: torch.fx.Node) -> bool:
     return not _in_place_name(getattr(t, "__name__", ""))
 
 
-def eliminate_dead_code(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    if ctx.options.analysis_only:
-        return gm
-    candidates = {n for m in ctx.matches for n in m.weight_nodes}
+def eliminate_dead_code(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.GraphModule:
+    candidates = {n for m in analysis.matches for n in m.weight_nodes}
     if not candidates:
         return gm
     position = {n: i for i, n in enumerate(gm.graph.nodes)}

@@ -10,8 +10,9 @@
   (:mod:`.weights`), repacking on first sight.
 * ``aux`` are the other tensors the user's dequant read (reorder index, g_idx), checked against
   ``aux_digest`` whenever new weights appear.
-* ``plan`` is the compile-time M -> (kernel, config) table (:class:`~.registry.Plan`); the choice by M
-  happens here, at run time, so one compiled graph serves every batch size.
+* ``plan`` is a plan request (:mod:`.planning`: target, forced / disabled kernels), resolved here for
+  the call's concrete (K, N, M) and cached, so one compiled graph serves every layer shape and batch
+  size; a fixed encoded :class:`~awq_compile.kernels.registry.Plan` is accepted too.
 
 Autograd: ``x``, ``scales`` (when it is a parameter that requires grad) and ``bias`` get gradients;
 the backward is a second opaque op, ``w4a16_linear_backward``, that reads the weights through the same
@@ -31,7 +32,7 @@ from ..formats.sources import get_format
 from ..formats.standard import dequantize_standard
 from .dispatch import entry_for_device, run_entry
 from ..kernels.problem import Problem
-from ..kernels.registry import Plan
+from .planning import resolve
 from .weights import weight_cache
 
 __all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs"]
@@ -85,7 +86,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
         return x.new_empty((*x.shape[:-1], N))
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
-    entry = entry_for_device(Plan.decode(plan), M, x.device, problem)
+    entry = entry_for_device(resolve(plan, problem, layer), M, x.device, problem)
     out = run_entry(entry, x2d, prepared, qweight, qzeros, scales, bias)
     return out.reshape(*x.shape[:-1], N)
 

@@ -52,7 +52,7 @@ from ..formats.convert import convert, in_place_target
 from ..formats.packed import Packed
 from ..formats.sources import get_format
 
-__all__ = ["Prepared", "WeightCache", "weight_cache", "digest"]
+__all__ = ["Prepared", "WeightCache", "weight_cache", "digest", "watch_signature"]
 
 log = logging.getLogger("awq_compile")
 
@@ -62,6 +62,12 @@ def _version(t: torch.Tensor):
         return t._version
     except RuntimeError:  # inference tensors carry no version counter
         return None
+
+
+def watch_signature(tensors) -> tuple:
+    """A cheap value that changes when any of ``tensors`` is another tensor or was written since: the
+    backend compares it call to call to know when the cache must look at a call's weights again."""
+    return tuple((id(t), _version(t)) for t in tensors)
 
 
 def _ident(t: torch.Tensor) -> tuple:
