@@ -22,6 +22,7 @@ import torch
 
 from ..options import Options
 from ..runtime.weights import digest
+from ._grad import scales_gradient
 from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
 from .records import AwqMatch, Bindings, Skips, log
@@ -175,11 +176,17 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
                 skips.add(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
-        matches.append(_record(values, site, sub, verdict, W, act_dtype))
+        grad, why = scales_gradient(sub, verdict.fmt, verdict.qweight, verdict.qzeros, verdict.scales, values,
+                                    site.orientation, verdict.group_size)
+        if why is not None:
+            skips.add(node, name, why, quantized_looking=True)
+            continue
+        detach = not grad and getattr(values[verdict.scales], "requires_grad", False)
+        matches.append(_record(values, site, sub, verdict, W, act_dtype, detach_scales=detach))
     return tuple(matches), tuple(skips.items)
 
 
-def _record(values, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
+def _record(values, site, sub, v: Verified, W, act_dtype, *, detach_scales: bool = False) -> AwqMatch:
     roles = {v.qweight, v.qzeros, v.scales}
     aux = [leaf for leaf in sub.leaves if leaf not in roles]
     name = layer_name(site.node, v.qweight)
@@ -188,7 +195,7 @@ def _record(values, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
         matmul=site.node, x=site.x, bias=site.bias, qweight=v.qweight, qzeros=v.qzeros, scales=v.scales,
         aux=tuple(aux), fmt=v.fmt.name, K=K, N=N, group_size=v.group_size, act_dtype=act_dtype, name=name,
         exact=v.exact, weight_nodes=tuple(sub.nodes),
-        aux_digest=digest([values[a] for a in aux]) if aux else "")
+        aux_digest=digest([values[a] for a in aux]) if aux else "", detach_scales=detach_scales)
     log.debug("matched %s: %s K=%d N=%d G=%d %s (%d nodes, aux %s)", name, v.fmt.name, K, N, v.group_size,
               "bit-exact" if v.exact else "within rounding", len(sub.nodes), [a.name for a in aux])
     return match

@@ -56,6 +56,7 @@ class AwqMatch:
     exact: bool                       # bit-exact against our dequant (else within rounding)
     weight_nodes: tuple = ()          # the dequant subgraph: the only nodes dead-code removal may touch
     aux_digest: str = ""              # content hash of ``aux`` (checked when new weights appear)
+    detach_scales: bool = False       # scales require grad but the user's dequant gives them none
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,8 @@ def rewrite_awq_linears(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.f
         x = replaced.get(m.x, m.x)
         bias = replaced.get(m.bias, m.bias)
         with gm.graph.inserting_before(m.matmul):
-            new = gm.graph.call_function(op, (x, m.qweight, m.qzeros, m.scales, bias, list(m.aux), m.name,
+            scales = gm.graph.call_method("detach", (m.scales,)) if m.detach_scales else m.scales
+            new = gm.graph.call_function(op, (x, m.qweight, m.qzeros, scales, bias, list(m.aux), m.name,
                                               m.fmt, m.group_size, layer.request, m.aux_digest))
         replaced[m.matmul] = new
         new.meta[LAYER_INDEX] = index   # the merge transformation finds each layer's op by it

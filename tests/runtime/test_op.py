@@ -236,3 +236,30 @@ def test_input_gradient_with_reuse_weight_memory():
         (compiled(x) * g).sum().backward()
         assert rel_err(x.grad, float64_grads(u, x, g)[0]) < 2e-3
     assert not torch.equal(model.qweight, q)  # the buffer really holds the standard layout now
+
+
+def test_fp16_overflow_of_the_eager_dequant_is_not_copied():
+    """Issue 9 item 7, decided: eager's fp16 (q - z) * s overflows to ±inf and its matmul to NaN; we
+    multiply in float32 and round once, so we return the float64 result rounded to fp16 (docs/formats.md)."""
+    from awq_compile.models import AwqLinear
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = AwqLinear(256, 64, 64)
+    u, (q, qz, s) = make()
+    with torch.no_grad():
+        m.qweight.copy_(q), m.qzeros.copy_(qz), m.scales.fill_(30000.0)  # |q - z| >= 3 overflows fp16
+    x = torch.randn(4, 256, dtype=torch.float16) / 256
+    u.scales = m.scales.clone()
+    ref = x.double() @ u.dequantize(torch.float64)
+    assert float(ref.abs().max()) < 65504  # every true result is representable in fp16 ...
+    with torch.no_grad():
+        eager = m(x)
+        compiled = torch.compile(m, backend="awq", options={"inductor": False})(x)
+    assert bool(eager.isnan().all())      # ... yet eager returns NaN
+    assert bool(compiled.isfinite().all()) and rel_err(compiled, ref) < 2e-3
+    # where the true result does not fit fp16 we return ±inf (the rounded value), never NaN
+    y = op(x * 8, q, qz, m.scales, None, [], "t", "awq", 64, "*:torch_dequant", "")
+    ref8 = (x * 8).double() @ u.dequantize(torch.float64)
+    assert bool((ref8.abs() > 65519).any())
+    assert torch.equal(y.isinf(), ref8.abs() > 65519) and not bool(y.isnan().any())
