@@ -26,12 +26,22 @@ def _is_static(node, value) -> bool:
     return any(h in name for h in ("_parameters[", "_buffers["))
 
 
+def concrete(value):
+    """The example's value of a size: a SymInt's hint (never ``int()``, which would add a guard)."""
+    if isinstance(value, torch.SymInt):
+        hint = value.node.hint
+        if hint is None:
+            hint = value.node.shape_env.size_hint(value.node.expr)
+        return int(hint)
+    return value
+
+
 def bind_inputs(gm: torch.fx.GraphModule, example_inputs, *, static_names=()) -> Bindings:
     """``static_names``: placeholder names known to be weights (``torch.export``'s parameters/buffers)."""
     values, static = {}, set()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
-        values[node] = value
+        values[node] = concrete(value)
         if _is_static(node, value) or node.name in static_names:
             static.add(node)
     for node in gm.graph.nodes:

@@ -70,6 +70,13 @@ def _display_name(site_node) -> str:
     return f"<{site_node.name}>"
 
 
+def _shape(t) -> tuple:
+    """The example's shape, symbolic sizes read by their hint (comparing SymInts would add guards)."""
+    from .bind_inputs import concrete
+
+    return tuple(concrete(d) for d in t.shape)
+
+
 def _dtype(t) -> str:
     return str(t.dtype).removeprefix("torch.")
 
@@ -170,8 +177,8 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
                                  "expected both of one dtype (cast the input or the scales)", quantized_looking=True)
             continue
         if site.bias is not None:
-            bias_val = site.bias.meta.get("example_value")
-            if isinstance(bias_val, torch.Tensor) and tuple(bias_val.shape) != (W.shape[1],):
+            bias_val = values.get(site.bias, site.bias.meta.get("example_value"))
+            if isinstance(bias_val, torch.Tensor) and _shape(bias_val) != (W.shape[1],):
                 skips.add(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
