@@ -10,7 +10,7 @@ The package imports lazily: ``import awq_compile`` is cheap (torch's import may 
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "awq_backend", "shape_generic", "Target", "Options", "Report", "__version__"]
+__all__ = ["explain", "export", "awq_backend", "shape_generic", "Target", "Options", "Report", "__version__"]
 
 
 def __getattr__(name):
@@ -18,6 +18,10 @@ def __getattr__(name):
         from .explaining import explain
 
         return explain
+    if name == "export":
+        from .exporting import export
+
+        return export
     if name == "Report":
         from .report import Report
 

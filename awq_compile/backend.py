@@ -142,8 +142,9 @@ def _with_weight_check(compiled, gm, analysis: Analysis):
 
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     specs = []
+    outer = analysis.bindings.outermost  # a grad-mode region's placeholder -> the graph's own input
     for m in analysis.matches:
-        roles = [m.qweight, m.qzeros, m.scales, *m.aux]
+        roles = [None if r is None else outer(r) for r in (m.qweight, m.qzeros, m.scales, *m.aux)]
         if not all(r is None or r in index for r in roles):
             continue  # get_attr weights are constants of this graph: prepacked already
         specs.append((m.fmt, [None if r is None else index[r] for r in roles], m.aux_digest, m.name))

@@ -24,6 +24,7 @@ from ..options import Options
 from ..runtime.weights import digest
 from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
+from .bind_inputs import graphs_of
 from .records import AwqMatch, Bindings, Skips, log
 
 
@@ -41,8 +42,13 @@ def _module_path(source_name: str) -> str | None:
     return ".".join(names[:-1]) or None
 
 
-def layer_name(site_node, qweight_node) -> str:
+def layer_name(site_node, qweight_node, bindings: Bindings | None = None) -> str:
     """Module path of the layer: from the qweight's source, else the call's module stack, else the node."""
+    if bindings is not None:
+        qweight_node = bindings.outermost(qweight_node)
+        fqn = bindings.fqns.get(qweight_node)
+        if fqn:
+            return fqn.rsplit(".", 1)[0] if "." in fqn else "<root>"
     grapharg = qweight_node.meta.get("grapharg")
     source = getattr(grapharg, "source", None)
     name = getattr(source, "name", "") if source is not None else ""
@@ -107,7 +113,8 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
     skips = Skips(options, graph_index)
     matches: list[AwqMatch] = []
     values = bindings.values
-    for node in list(gm.graph.nodes):
+    nodes = [n for g in graphs_of(gm) for n in g.graph.nodes]  # grad-mode regions (torch.export) too
+    for node in nodes:
         site = matmul_site(node)
         if site is None:
             continue
@@ -182,14 +189,15 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
                 skips.add(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
-        matches.append(_record(values, site, sub, verdict, W, act_dtype))
+        matches.append(_record(bindings, site, sub, verdict, W, act_dtype))
     return tuple(matches), tuple(skips.items)
 
 
-def _record(values, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
+def _record(bindings: Bindings, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
+    values = bindings.values
     roles = {v.qweight, v.qzeros, v.scales}
     aux = [leaf for leaf in sub.leaves if leaf not in roles]
-    name = layer_name(site.node, v.qweight)
+    name = layer_name(site.node, v.qweight, bindings)
     K, N = W.shape
     match = AwqMatch(
         matmul=site.node, x=site.x, bias=site.bias, qweight=v.qweight, qzeros=v.qzeros, scales=v.scales,

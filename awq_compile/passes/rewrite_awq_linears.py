@@ -36,27 +36,33 @@ def _group_size_arg(gm, m, x):
     g = xv.shape[-1] // sv.shape[0]
     if not isinstance(g, torch.SymInt) or g.node.is_constant() or g.node.maybe_as_int() is not None:
         return m.group_size
-    k = gm.graph.call_method("size", (x, -1))
-    rows = gm.graph.call_method("size", (m.scales, 0))
-    return gm.graph.call_function(operator.floordiv, (k, rows))
+    graph = m.matmul.graph
+    k = graph.call_method("size", (x, -1))
+    rows = graph.call_method("size", (m.scales, 0))
+    return graph.call_function(operator.floordiv, (k, rows))
 
 
 def rewrite_awq_linears(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.GraphModule:
     op = torch.ops.awq_compile.w4a16_linear.default
     replaced: dict = {}  # erased matmul -> its replacement (a later layer's input may be an earlier layer)
+    touched = {}
     for layer in analysis.layers:
         m = layer.match
         x = replaced.get(m.x, m.x)
         bias = replaced.get(m.bias, m.bias)
-        with gm.graph.inserting_before(m.matmul):
+        graph = m.matmul.graph  # gm's, or a grad-mode region's (torch.export)
+        touched[id(graph)] = graph
+        with graph.inserting_before(m.matmul):
             group_size = _group_size_arg(gm, m, x)
-            new = gm.graph.call_function(op, (x, m.qweight, m.qzeros, m.scales, bias, list(m.aux), m.name,
+            new = graph.call_function(op, (x, m.qweight, m.qzeros, m.scales, bias, list(m.aux), m.name,
                                               m.fmt, group_size, layer.request, m.aux_digest))
         replaced[m.matmul] = new
         new.meta.update({k: v for k, v in m.matmul.meta.items() if k in ("nn_module_stack", "stack_trace",
                                                                           "source_fn_stack", "example_value",
                                                                           "val")})
         m.matmul.replace_all_uses_with(new)
-        gm.graph.erase_node(m.matmul)
+        graph.erase_node(m.matmul)
+    for graph in touched.values():
+        graph.owning_module.recompile()
     gm.recompile()
     return gm
