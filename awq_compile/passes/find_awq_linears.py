@@ -28,16 +28,30 @@ from .bind_inputs import graphs_of
 from .records import AwqMatch, Bindings, Skips, log
 
 
+# the compiled module itself: ``L['self']``, or ``L['args'][0]`` when its forward is wrapped by a
+# ``def wrapper(*args, **kwargs)`` decorator (Hugging Face's ``can_return_tuple``, ``auto_docstring``...)
+_ROOT = re.compile(r"^[LG]\['self'\]|^[LG]\['args'\]\[0\]|^[LG]\['[^']*'\]")
+
+
+def _strip_root(text: str) -> tuple[str, bool]:
+    """(the path below the frame's local, whether that local is the compiled module itself)."""
+    m = _ROOT.match(text)
+    if not m:
+        return text, False
+    return text[m.end():], m.group(0).endswith(("['self']", "['args'][0]"))
+
+
 def _module_path(source_name: str) -> str | None:
-    """``L['self']._modules['layers']._modules['0']._buffers['qweight']`` -> ``layers.0``."""
+    """``L['self']._modules['layers']._modules['0']._buffers['qweight']`` -> ``layers.0`` (also from
+    ``L['args'][0]...``, a decorated forward)."""
     if not source_name:
         return None
-    body = re.sub(r"^[LG]\['[^']*'\]", "", source_name)
+    body, is_module = _strip_root(source_name)
     parts = re.findall(r"\._(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)|\[(\d+)\]", body)
     names = [a or b or c for a, b, c in parts]
     if len(names) < 1:
         return None
-    if len(names) == 1 and re.match(r"^[LG]\['self'\]", source_name):
+    if len(names) == 1 and is_module:
         return "<root>"  # a buffer of the compiled module itself
     return ".".join(names[:-1]) or None
 
@@ -70,7 +84,7 @@ def _display_name(site_node) -> str:
     stack = site_node.meta.get("nn_module_stack") or {}
     if stack:
         qual = list(stack.values())[-1][0]
-        path = re.sub(r"^[LG]\['[^']*'\]\.?", "", str(qual))
+        path = _strip_root(str(qual))[0].lstrip(".")
         if path:
             return path
     return f"<{site_node.name}>"
@@ -117,6 +131,7 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
     for node in nodes:
         site = matmul_site(node)
         if site is None:
+            _user_kernel_on_packed_weights(node, bindings, skips)
             continue
         name = _display_name(node)
         if isinstance(site, str):
@@ -191,6 +206,45 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
                 continue
         matches.append(_record(bindings, site, sub, verdict, W, act_dtype))
     return tuple(matches), tuple(skips.items)
+
+
+def _triton_hops() -> tuple:
+    hops = []
+    for name in ("triton_kernel_wrapper_mutation", "triton_kernel_wrapper_functional"):
+        hop = getattr(torch.ops.higher_order, name, None)
+        if hop is not None:
+            hops.append(hop)
+    return tuple(hops)
+
+
+def _kernel_name(node) -> str:
+    try:
+        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+        kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+        fn = getattr(kernel, "fn", kernel)
+        return getattr(fn, "__name__", None) or type(kernel).__name__
+    except Exception:  # noqa: BLE001 - a name for the report only
+        return "?"
+
+
+def _user_kernel_on_packed_weights(node, bindings: Bindings, skips: Skips) -> None:
+    """A user Triton kernel (AutoAWQ's own GEMM) reading int32 packed weights: a linear layer we cannot
+    rewrite (its dequant is inside the kernel, opaque to us); listed so ``explain`` says why."""
+    if node.op != "call_function" or node.target not in _triton_hops():
+        return
+    args = node.kwargs.get("kwargs") or {}
+    packed = [(k, v) for k, v in args.items() if isinstance(v, torch.fx.Node) and v in bindings.static
+              and isinstance(bindings.values.get(v), torch.Tensor) and bindings.values[v].dtype == torch.int32
+              and bindings.values[v].dim() == 2]
+    if not packed:
+        return
+    name = layer_name(node, packed[0][1], bindings)
+    shown = ", ".join(f"{k}={tuple(bindings.values[v].shape)}" for k, v in packed)
+    skips.add(node, name, f"a user Triton kernel ({_kernel_name(node)}) reads int32 packed weights ({shown}): its "
+                          "dequantisation is inside the kernel, opaque to the rewrite, so the model's own kernel "
+                          "runs; expected the dequant in plain PyTorch. Load the checkpoint with "
+                          "awq_compile.load_pretrained(...) to get layers the backend can rewrite")
 
 
 def _record(bindings: Bindings, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
