@@ -10,7 +10,7 @@ The package imports lazily: ``import awq_compile`` is cheap (torch's import may 
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "awq_backend", "Target", "Options", "Report", "__version__"]
+__all__ = ["explain", "export", "awq_backend", "shape_generic", "Target", "Options", "Report", "__version__"]
 
 
 def __getattr__(name):
@@ -18,14 +18,18 @@ def __getattr__(name):
         from .explaining import explain
 
         return explain
+    if name == "export":
+        from .exporting import export
+
+        return export
     if name == "Report":
         from .report import Report
 
         return Report
-    if name == "awq_backend":
-        from .backend import awq_backend
+    if name in ("awq_backend", "shape_generic"):
+        from . import backend
 
-        return awq_backend
+        return getattr(backend, name)
     if name == "Target":
         from .target import Target
 

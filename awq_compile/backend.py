@@ -8,6 +8,7 @@ Inductor (``compile_fx``), which compiles everything around our custom op as usu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 
@@ -18,10 +19,68 @@ from .passes import Analysis, analyze, run_passes
 from .target import Target, detect
 from . import _torch_logs
 
-__all__ = ["awq_backend", "analyze_graph"]
+__all__ = ["awq_backend", "analyze_graph", "shape_generic"]
 
 log = logging.getLogger("awq_compile")
 _GRAPH_COUNTER = itertools.count()
+
+
+@contextlib.contextmanager
+def shape_generic():
+    """Context manager (or decorator) around the *calls* of a compiled model whose layers of many shapes
+    share one forward (a graph break per layer, AutoAWQ / GPTQModel style, per-layer compiles)::
+
+        compiled = torch.compile(model, backend="awq")
+        with awq_compile.shape_generic():
+            compiled(x)
+
+    By default Dynamo gives parameters and buffers static shapes, specialises integer attributes of
+    modules (``in_features``, ``group_size``) and assumes equal sizes stay equal ("duck sizing"), so
+    every layer shape is a new graph, and past ``recompile_limit`` (8) graphs Dynamo runs the frame
+    eagerly: the slow dequant path.  Under this patch the sizes that differ become symbolic; our
+    rewrite and op are shape-generic (the kernel plan is chosen per call), so a forward shared by any
+    number of layer shapes compiles about twice: once static, once symbolic (``dynamic=True``: once).
+    A size of 1 (M = 1, one scale row) is still specialised by Dynamo: one more graph.
+    """
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    with torch._dynamo.config.patch(force_parameter_static_shapes=False, allow_unspec_int_on_nn_module=True), \
+            fx_config.patch(use_duck_shape=False):
+        yield
+
+
+class _FallbackWatch(logging.Filter):
+    """Turns Dynamo's "hit config.recompile_limit" warning into one of ours, once per function."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = False
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.active and "hit config." in str(record.msg) and isinstance(record.args, tuple) \
+                and len(record.args) >= 3 and "recompile_limit" in str(record.args[0]):
+            func = str(record.args[2])
+            if func not in self.seen:
+                self.seen.add(func)
+                log.warning(
+                    "Dynamo stopped compiling %s after %s graphs (config.%s) and runs it eagerly from now "
+                    "on: AWQ layers there take the slow dequant path, not our kernels. Layers of many "
+                    "shapes sharing one forward: call the compiled model under awq_compile.shape_generic() "
+                    "(symbolic layer sizes, about two graphs for any number of shapes); otherwise raise "
+                    "torch._dynamo.config.recompile_limit. Last reason: %s",
+                    func, record.args[1], record.args[0], record.args[3] if len(record.args) > 3 else "?")
+        return True
+
+
+_FALLBACK_WATCH = _FallbackWatch()
+
+
+def _watch_for_eager_fallback() -> None:
+    if not _FALLBACK_WATCH.active:
+        logging.getLogger("torch._dynamo.convert_frame").addFilter(_FALLBACK_WATCH)
+        _FALLBACK_WATCH.active = True
 
 
 def _target_from_inputs(example_inputs) -> Target:
@@ -51,6 +110,8 @@ def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode:
     analysis = analyze_graph(gm, example_inputs, Options.resolve(options))
     if on_analysis is not None:
         on_analysis(analysis)
+    if analysis.layers:
+        _watch_for_eager_fallback()
     gm = run_passes(gm, analysis)
     opts = analysis.options
     log.debug("graph %d on %s: %d layer(s) rewritten, %d left alone", analysis.graph_index, analysis.target,
@@ -81,9 +142,10 @@ def _with_weight_check(compiled, gm, analysis: Analysis):
     from .runtime.weights import watch_signature, weight_cache
 
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    outer = analysis.bindings.outermost  # a grad-mode region's placeholder -> the graph's own input
     constants = analysis.bindings.values  # get_attr weights: constants of this graph, prepacked already
     units = weight_units(analysis)
-    watched = sorted({index[n] for u in units for n in u.nodes() if n in index})
+    watched = sorted({index[outer(n)] for u in units for n in u.nodes() if outer(n) in index})
     if not watched:
         return compiled
     last: list = [None]
@@ -94,7 +156,7 @@ def _with_weight_check(compiled, gm, analysis: Analysis):
         if sig != last[0]:
             cache = weight_cache()
             for unit in units:
-                unit.prepare(cache, lambda n: args[index[n]] if n in index else constants[n], reuse)
+                unit.prepare(cache, lambda n: args[index[outer(n)]] if outer(n) in index else constants[n], reuse)
             last[0] = sig
 
     def run(*args):  # Dynamo calls the backend's result with the graph's inputs as positional arguments

@@ -55,18 +55,35 @@ def writes_nothing(node: torch.fx.Node) -> bool:
     return not _in_place_name(getattr(t, "__name__", ""))
 
 
+def _asserts_metadata_of(user: torch.fx.Node, node: torch.fx.Node) -> bool:
+    check = getattr(torch.ops.aten, "_assert_tensor_metadata", None)
+    return (check is not None and user.op == "call_function" and user.target is check.default
+            and not user.users and user.args[:1] == (node,))
+
+
 def eliminate_dead_code(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.GraphModule:
     candidates = {n for m in analysis.matches for n in m.weight_nodes}
     if not candidates:
         return gm
-    position = {n: i for i, n in enumerate(gm.graph.nodes)}
-    removed = 0
+    # torch.export asserts the metadata of intermediates (``aten._assert_tensor_metadata``): checks of a
+    # dequant value we no longer compute go with it (they would keep the full-size intermediates alive)
+    asserts = [u for n in candidates for u in n.users if _asserts_metadata_of(u, n)]
+    for a in asserts:
+        a.graph.erase_node(a)
+    position = {}
+    for graph in {id(n.graph): n.graph for n in candidates}.values():  # gm's and grad-mode regions'
+        position.update((n, i) for i, n in enumerate(graph.nodes))
+    removed, touched = 0, {}
     # users come after their inputs: walking backwards frees a chain in one sweep
     for node in sorted((n for n in candidates if n in position), key=position.__getitem__, reverse=True):
         if not node.users and writes_nothing(node):
-            gm.graph.erase_node(node)
+            touched[id(node.graph)] = node.graph
+            node.graph.erase_node(node)
             removed += 1
     log.debug("removed %d dequant node(s) of %d candidate(s)", removed, len(candidates))
-    gm.graph.lint()
+    for graph in touched.values():
+        graph.lint()
+        if graph.owning_module is not None:
+            graph.owning_module.recompile()
     gm.recompile()
     return gm

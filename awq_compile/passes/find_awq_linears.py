@@ -25,25 +25,45 @@ from ..runtime.weights import digest
 from ._grad import scales_gradient
 from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
+from .bind_inputs import graphs_of
 from .records import AwqMatch, Bindings, Skips, log
 
 
+# the compiled module itself: ``L['self']``, or ``L['args'][0]`` when its forward is wrapped by a
+# ``def wrapper(*args, **kwargs)`` decorator (Hugging Face's ``can_return_tuple``, ``auto_docstring``...)
+_ROOT = re.compile(r"^[LG]\['self'\]|^[LG]\['args'\]\[0\]|^[LG]\['[^']*'\]")
+
+
+def _strip_root(text: str) -> tuple[str, bool]:
+    """(the path below the frame's local, whether that local is the compiled module itself)."""
+    m = _ROOT.match(text)
+    if not m:
+        return text, False
+    return text[m.end():], m.group(0).endswith(("['self']", "['args'][0]"))
+
+
 def _module_path(source_name: str) -> str | None:
-    """``L['self']._modules['layers']._modules['0']._buffers['qweight']`` -> ``layers.0``."""
+    """``L['self']._modules['layers']._modules['0']._buffers['qweight']`` -> ``layers.0`` (also from
+    ``L['args'][0]...``, a decorated forward)."""
     if not source_name:
         return None
-    body = re.sub(r"^[LG]\['[^']*'\]", "", source_name)
+    body, is_module = _strip_root(source_name)
     parts = re.findall(r"\._(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)|\[(\d+)\]", body)
     names = [a or b or c for a, b, c in parts]
     if len(names) < 1:
         return None
-    if len(names) == 1 and re.match(r"^[LG]\['self'\]", source_name):
+    if len(names) == 1 and is_module:
         return "<root>"  # a buffer of the compiled module itself
     return ".".join(names[:-1]) or None
 
 
-def layer_name(site_node, qweight_node) -> str:
+def layer_name(site_node, qweight_node, bindings: Bindings | None = None) -> str:
     """Module path of the layer: from the qweight's source, else the call's module stack, else the node."""
+    if bindings is not None:
+        qweight_node = bindings.outermost(qweight_node)
+        fqn = bindings.fqns.get(qweight_node)
+        if fqn:
+            return fqn.rsplit(".", 1)[0] if "." in fqn else "<root>"
     grapharg = qweight_node.meta.get("grapharg")
     source = getattr(grapharg, "source", None)
     name = getattr(source, "name", "") if source is not None else ""
@@ -65,10 +85,17 @@ def _display_name(site_node) -> str:
     stack = site_node.meta.get("nn_module_stack") or {}
     if stack:
         qual = list(stack.values())[-1][0]
-        path = re.sub(r"^[LG]\['[^']*'\]\.?", "", str(qual))
+        path = _strip_root(str(qual))[0].lstrip(".")
         if path:
             return path
     return f"<{site_node.name}>"
+
+
+def _shape(t) -> tuple:
+    """The example's shape, symbolic sizes read by their hint (comparing SymInts would add guards)."""
+    from .bind_inputs import concrete
+
+    return tuple(concrete(d) for d in t.shape)
 
 
 def _dtype(t) -> str:
@@ -101,9 +128,11 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
     skips = Skips(options, graph_index)
     matches: list[AwqMatch] = []
     values = bindings.values
-    for node in list(gm.graph.nodes):
+    nodes = [n for g in graphs_of(gm) for n in g.graph.nodes]  # grad-mode regions (torch.export) too
+    for node in nodes:
         site = matmul_site(node)
         if site is None:
+            _user_kernel_on_packed_weights(node, bindings, skips)
             continue
         name = _display_name(node)
         if isinstance(site, str):
@@ -171,8 +200,8 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
                                  "expected both of one dtype (cast the input or the scales)", quantized_looking=True)
             continue
         if site.bias is not None:
-            bias_val = site.bias.meta.get("example_value")
-            if isinstance(bias_val, torch.Tensor) and tuple(bias_val.shape) != (W.shape[1],):
+            bias_val = values.get(site.bias, site.bias.meta.get("example_value"))
+            if isinstance(bias_val, torch.Tensor) and _shape(bias_val) != (W.shape[1],):
                 skips.add(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
@@ -182,14 +211,54 @@ def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Opti
             skips.add(node, name, why, quantized_looking=True)
             continue
         detach = not grad and getattr(values[verdict.scales], "requires_grad", False)
-        matches.append(_record(values, site, sub, verdict, W, act_dtype, detach_scales=detach))
+        matches.append(_record(bindings, site, sub, verdict, W, act_dtype, detach_scales=detach))
     return tuple(matches), tuple(skips.items)
 
 
-def _record(values, site, sub, v: Verified, W, act_dtype, *, detach_scales: bool = False) -> AwqMatch:
+def _triton_hops() -> tuple:
+    hops = []
+    for name in ("triton_kernel_wrapper_mutation", "triton_kernel_wrapper_functional"):
+        hop = getattr(torch.ops.higher_order, name, None)
+        if hop is not None:
+            hops.append(hop)
+    return tuple(hops)
+
+
+def _kernel_name(node) -> str:
+    try:
+        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+        kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+        fn = getattr(kernel, "fn", kernel)
+        return getattr(fn, "__name__", None) or type(kernel).__name__
+    except Exception:  # noqa: BLE001 - a name for the report only
+        return "?"
+
+
+def _user_kernel_on_packed_weights(node, bindings: Bindings, skips: Skips) -> None:
+    """A user Triton kernel (AutoAWQ's own GEMM) reading int32 packed weights: a linear layer we cannot
+    rewrite (its dequant is inside the kernel, opaque to us); listed so ``explain`` says why."""
+    if node.op != "call_function" or node.target not in _triton_hops():
+        return
+    args = node.kwargs.get("kwargs") or {}
+    packed = [(k, v) for k, v in args.items() if isinstance(v, torch.fx.Node) and v in bindings.static
+              and isinstance(bindings.values.get(v), torch.Tensor) and bindings.values[v].dtype == torch.int32
+              and bindings.values[v].dim() == 2]
+    if not packed:
+        return
+    name = layer_name(node, packed[0][1], bindings)
+    shown = ", ".join(f"{k}={tuple(bindings.values[v].shape)}" for k, v in packed)
+    skips.add(node, name, f"a user Triton kernel ({_kernel_name(node)}) reads int32 packed weights ({shown}): its "
+                          "dequantisation is inside the kernel, opaque to the rewrite, so the model's own kernel "
+                          "runs; expected the dequant in plain PyTorch. Load the checkpoint with "
+                          "awq_compile.load_pretrained(...) to get layers the backend can rewrite")
+
+
+def _record(bindings: Bindings, site, sub, v: Verified, W, act_dtype, *, detach_scales: bool = False) -> AwqMatch:
+    values = bindings.values
     roles = {v.qweight, v.qzeros, v.scales}
     aux = [leaf for leaf in sub.leaves if leaf not in roles]
-    name = layer_name(site.node, v.qweight)
+    name = layer_name(site.node, v.qweight, bindings)
     K, N = W.shape
     match = AwqMatch(
         matmul=site.node, x=site.x, bias=site.bias, qweight=v.qweight, qzeros=v.qzeros, scales=v.scales,

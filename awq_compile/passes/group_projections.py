@@ -32,7 +32,7 @@ from .select_kernels import example_m
 __all__ = ["group_projections", "value_key", "movable"]
 
 # calls that compute a view or a cast of their first argument and nothing else
-_PURE_METHODS = {"to", "reshape", "view", "contiguous", "half", "float", "bfloat16", "type", "flatten", "size",
+_PURE_METHODS = {"to", "reshape", "view", "contiguous", "detach", "half", "float", "bfloat16", "type", "flatten", "size",
                  "view_as", "reshape_as", "type_as"}
 _PURE_FUNCS = {torch.reshape, torch.flatten}
 _GRAD_MODE = torch._C._set_grad_enabled
@@ -90,8 +90,20 @@ class _Candidate:
     layer: object   # PlannedLayer
 
 
-def _shared_reason(layer, bindings: Bindings) -> str | None:
+def _static(node) -> bool:
+    v = node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
+    if not isinstance(v, torch.Tensor):
+        return True
+    return all(isinstance(d, int) or (isinstance(d, torch.SymInt) and d.node.maybe_as_int() is not None)
+               for d in v.shape)
+
+
+def _shared_reason(layer, gm: torch.fx.GraphModule, bindings: Bindings) -> str | None:
     m = layer.match
+    if m.matmul.graph is not gm.graph:
+        return "it sits in a nested region of the graph (torch.export's grad-mode regions)"
+    if not (_static(m.scales) and _static(m.qweight)):
+        return "its weight's shape is symbolic in this graph (one graph serves layers of several shapes)"
     if m.aux:
         return "it reads auxiliary tensors (reorder index or g_idx)"
     if not all(movable(n) for n in (m.qweight, m.qzeros, m.scales, m.bias)):
@@ -116,7 +128,7 @@ def group_projections(layers: tuple, gm: torch.fx.GraphModule, bindings: Binding
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     buckets: dict = {}
     for i, layer in enumerate(layers):
-        why = _shared_reason(layer, bindings)
+        why = _shared_reason(layer, gm, bindings)
         if why:
             log.debug("%s not merged: %s", layer.match.name, why)
             continue

@@ -47,7 +47,7 @@ def merge_projections(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.
         matches = [analysis.layers[i].match for i in group.members]
         first, m0 = parts[0], matches[0]
         for m, p in zip(matches, parts):
-            for n in (m.qweight, m.qzeros, m.scales, p.args[4]):
+            for n in (m.qweight, m.qzeros, p.args[3], p.args[4]):   # args 3, 4: scales, bias as passed
                 _move_before(n, first, order)
         with gm.graph.inserting_before(first):
             bias = None
@@ -56,7 +56,7 @@ def merge_projections(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.
                 bias = gm.graph.call_function(torch.cat, ([p.args[4] for p in parts],))
             args = (first.args[0], [m.qweight for m in matches],
                     [m.qzeros for m in matches] if m0.qzeros is not None else [],
-                    [m.scales for m in matches], bias, join_names(m.name for m in matches), m0.fmt,
+                    [p.args[3] for p in parts], bias, join_names(m.name for m in matches), m0.fmt,
                     m0.group_size, analysis.layers[group.members[0]].request)
             y = gm.graph.call_function(merged, args)
         y.meta.update({k: v for k, v in first.meta.items() if k in ("nn_module_stack", "stack_trace")})

@@ -30,10 +30,21 @@ class Bindings:
 
     values: Mapping[torch.fx.Node, Any]
     static: frozenset
+    origin: Mapping[torch.fx.Node, torch.fx.Node] = dataclasses.field(   # region placeholder -> outer arg
+        default_factory=lambda: MappingProxyType({}))
+    fqns: Mapping[torch.fx.Node, str] = dataclasses.field(               # weight -> "layers.0.q_proj.qweight"
+        default_factory=lambda: MappingProxyType({}))
 
     @classmethod
-    def of(cls, values: dict, static: set) -> "Bindings":
-        return cls(MappingProxyType(dict(values)), frozenset(static))
+    def of(cls, values: dict, static: set, origin=None, fqns=None) -> "Bindings":
+        return cls(MappingProxyType(dict(values)), frozenset(static), MappingProxyType(dict(origin or {})),
+                   MappingProxyType(dict(fqns or {})))
+
+    def outermost(self, node: torch.fx.Node) -> torch.fx.Node:
+        """The top-level graph's node that a grad-mode region's placeholder stands for."""
+        while node in self.origin:
+            node = self.origin[node]
+        return node
 
 
 @dataclasses.dataclass(frozen=True)

@@ -200,3 +200,52 @@ def test_writes_nothing_is_conservative():
                                     grid=[(1, 1, 1)], tma_descriptor_metadata={}, kwargs={}))
     assert not writes_nothing(_node(g, torch.rand, 3))   # random: advances the generator
     assert not writes_nothing(g.call_module("m", (a,)))
+
+
+def _packed_gemm_like(x_ptr, qweight_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """Stands in for AutoAWQ's Triton GEMM: reads int32 packed words, writes the output buffer."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    q = tl.load(qweight_ptr + offs, mask=mask)
+    v = tl.load(x_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, v + (q & 15).to(tl.float32), mask=mask)
+
+
+class TritonPackedLayer(nn.Module):
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+        self.register_buffer("qweight", torch.randint(0, 2 ** 31 - 1, (8, 4), dtype=torch.int32))
+
+    def forward(self, x):
+        out = torch.empty_like(x)
+        self.kernel[(1,)](x, self.qweight, out, x.numel(), BLOCK=32)
+        return out
+
+
+class Wrapped(nn.Module):
+    def __init__(self, kernel):
+        super().__init__()
+        self.proj = TritonPackedLayer(kernel)
+        self.lin = AwqLinear.from_float(nn.Linear(64, 32), group_size=32, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.proj(self.lin(x)[:, :8].reshape(4, 8))
+
+
+def test_explain_lists_a_user_triton_kernel_on_packed_weights_as_skipped(monkeypatch):
+    import awq_compile
+    import torch.utils._triton as triton_utils
+
+    monkeypatch.setattr(triton_utils, "has_triton", lambda: True)
+    torch.manual_seed(4)
+    model = Wrapped(_interpreted_jit(_packed_gemm_like))
+    x = torch.randn(4, 64)
+    report = awq_compile.explain(model, x)
+    assert [lay.name for lay in report.layers] == ["lin"]
+    (skip,) = report.skipped
+    assert skip.name == "proj" and "_packed_gemm_like" in skip.reason and "qweight_ptr=(8, 4)" in skip.reason
+    assert "awq_compile.load_pretrained" in skip.reason
+    out = torch.compile(model, backend="awq", options={"inductor": False})(x)
+    assert rel_err(out, model(x)) < 1e-6
