@@ -79,7 +79,7 @@ def test_names_of_a_transformers_like_tree_with_decorated_forwards():
     assert [lay.name for lay in report.layers] == EXPECTED, str(report)
     skipped = [s.name for s in report.skipped]
     # lm_head, and (transformers >= 5) the rotary embedding's inv_freq @ positions matmul: real module paths
-    assert "lm_head" in skipped and set(skipped) <= {"lm_head", "model.rotary_emb"}, skipped, str(report)
+    assert "lm_head" in skipped and set(skipped) <= {"lm_head", "model.rotary_emb"}, str(report)
 
 
 def test_names_of_a_real_transformers_llama():
