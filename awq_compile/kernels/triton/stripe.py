@@ -1,0 +1,312 @@
+"""Stripe W4A16 kernel: a persistent grid walking (tile, K tile) work in contiguous stripes.
+
+``triton_stripe`` computes ``out[M, N] = x[M, K] @ dequant(W)[K, N] (+ bias)`` from the standard layout
+(qweight int32 [K/8, N] packed along K, see ``formats/standard.py``) or from the ``kplanes`` layout
+(``formats/kplanes.py``: the same words with K permuted inside each 128-row block so that nibble plane i
+of a tile is the contiguous K range ``k0 + 16 i .. k0 + 16 i + 15``).
+
+Work decomposition (Stream-K style).  The output is cut into tiles of BLOCK_M x BLOCK_N; each tile's K
+is cut into K tiles of BLOCK_K (one quantisation group or a divisor of it), so there are
+``U = tiles * K/BLOCK_K`` units of work.  The grid is P programs (a few per SM, P <= U) and program p
+takes the contiguous unit range ``[p U / P, (p + 1) U / P)``: every program streams the same number of
+weight bytes (no partial last wave) and walks whole runs of K for at most a few tiles.  A tile covered
+by one program is written directly; a tile shared by the c programs whose stripes meet in it (c is 2 or
+3 in practice, never 32) is summed in an fp32 workspace and written by the last of them to arrive
+(a per-tile ticket); workspace and tickets are left zeroed for the next call.
+
+Per K tile the weight words are read with one wide load along N and decoded plane by plane (nibble i
+of every word is plane i) with the 16-bit magic: ``(q | 0x6400)`` read as fp16 is ``1024 + q``
+(``0x4300`` as bf16 is ``128 + q``), so ``q - z`` is one subtraction, exact.  Two bodies:
+
+* ``DOT``: out^T tile [BLOCK_N, BLOCK_M] += W_plane^T [BLOCK_N, BLOCK_K/8] @ x_plane^T [BLOCK_K/8, BLOCK_M]
+  for the eight planes -- the decoded weight is the left operand of the dot (on Hopper the register
+  operand of wgmma), so it never goes back to shared memory; the group's scale multiplies the fp32
+  partial of the K tile once (``q - z`` is exact in fp16/bf16).
+* FMA (``DOT`` false, BLOCK_M == 1): fp32 ``x * (q - z)`` accumulated per thread, reduced once per K tile.
+
+The K-tile loop is software-pipelined ``STAGES`` deep (``tl.range(..., num_stages=STAGES)``): the weight
+words of the next tiles are in flight while the current one is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["StripeConfig", "stripe_linear", "stripe_grid", "check_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StripeConfig:
+    """Tile sizes and variant of one ``triton_stripe`` launch, plus its launch options."""
+
+    BLOCK_M: int = 16
+    BLOCK_N: int = 128
+    BLOCK_K: int = 128
+    DOT: bool = True            # the plane dots on the matrix units (else fp32 FMA, BLOCK_M == 1)
+    STAGES: int = 4             # software-pipelining depth of the K-tile loop
+    PER_SM: int = 2             # programs per SM (the grid is PER_SM x SMs, at most the unit count)
+    KPERM: bool = False         # weights in the kplanes layout (x planes contiguous) instead of standard
+    num_warps: int = 4
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int) and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"StripeConfig.{f.name} must be a positive int, not {v!r}")
+
+
+def check_config(cfg: StripeConfig, *, K: int, N: int, group_size: int) -> str | None:
+    """None when ``cfg`` can run this problem, else why not."""
+    bk = cfg.BLOCK_K
+    if bk % 8 or group_size % bk or K % bk:
+        return f"BLOCK_K={bk} must be a multiple of 8 dividing the group size {group_size} and K={K}"
+    if cfg.DOT and (bk < 128 or cfg.BLOCK_M < 16):
+        return f"DOT needs BLOCK_K >= 128 (plane dots of K >= 16) and BLOCK_M >= 16, not {bk}/{cfg.BLOCK_M}"
+    if not cfg.DOT and cfg.BLOCK_M != 1:
+        return f"the FMA body takes BLOCK_M = 1, not {cfg.BLOCK_M}"
+    if cfg.KPERM and bk != 128:
+        return "the kplanes layout is permuted in blocks of 128 rows: BLOCK_K must be 128"
+    if N % 8:
+        return f"N={N} must be a multiple of 8"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _magic16(q, ACT: tl.constexpr):
+    """int16 0..15 -> ``MAGIC + q`` in the activation dtype (fp16 1024 + q, bf16 128 + q), exact: an OR."""
+    if ACT == tl.bfloat16:
+        return (q | 0x4300).to(tl.bfloat16, bitcast=True)
+    else:
+        return (q | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _plane16(packed, I: tl.constexpr, ACT: tl.constexpr):
+    if I > 0:
+        src = packed >> (4 * I)
+    else:
+        src = packed
+    return _magic16((src & 15).to(tl.int16), ACT)
+
+
+@triton.jit
+def _plane32(packed, I: tl.constexpr):
+    """fp32 ``2**(23-P) + q`` for nibble I (masked in place at bit P, OR-ed into the exponent)."""
+    if I >= 5:
+        src = packed >> 12
+        P: tl.constexpr = 4 * I - 12
+    else:
+        src = packed
+        P: tl.constexpr = 4 * I
+    MASK: tl.constexpr = 15 << P
+    MAGIC: tl.constexpr = (150 - P) << 23
+    return ((src & MASK) | MAGIC).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _offset32(I: tl.constexpr):
+    """The ``2**(23-P)`` that ``_plane32`` adds to nibble I."""
+    if I >= 5:
+        return 1.0 * (1 << (35 - 4 * I))
+    else:
+        return 1.0 * (1 << (23 - 4 * I))
+
+
+@triton.jit
+def _owner(u, U, P):
+    """The program whose stripe [p U / P, (p + 1) U / P) holds unit u."""
+    return ((u + 1) * P + U - 1) // U - 1
+
+
+@triton.jit
+def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+                   M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+                   GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   DOT: tl.constexpr, STAGES: tl.constexpr, KPERM: tl.constexpr, EVEN_N: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    ACT: tl.constexpr = x_ptr.dtype.element_ty
+    BK8: tl.constexpr = BLOCK_K // 8
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    KT = K // BLOCK_K
+    U = tiles_m * tiles_n * KT
+    u0 = (pid * U) // P
+    u1 = ((pid + 1) * U) // P
+    offs_r = tl.arange(0, BK8)
+    offs_bn = tl.arange(0, BLOCK_N)
+    offs_bm = tl.arange(0, BLOCK_M)
+    if KPERM:
+        XR: tl.constexpr = 1          # plane i, word row r holds K row k0 + BK8 i + r
+        XI: tl.constexpr = BK8
+    else:
+        XR: tl.constexpr = 8          # k0 + 8 r + i
+        XI: tl.constexpr = 1
+    for tile in range(u0 // KT, tl.cdiv(u1, KT)):
+        pid_m = tile % tiles_m
+        pid_n = tile // tiles_m
+        ka = max(u0, tile * KT) - tile * KT
+        kb = min(u1, tile * KT + KT) - tile * KT
+        offs_n = pid_n * BLOCK_N + offs_bn
+        offs_m = pid_m * BLOCK_M + offs_bm
+        mask_n = offs_n < N
+        mask_m = offs_m < M
+        # weight words of this column strip, [BLOCK_N, BK8]: N is the contiguous (wide-load) dimension
+        w_ptrs = qw_ptr + offs_r[None, :] * stride_qk + offs_n[:, None]
+        if DOT:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)            # out^T tile
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR   # [BK8, BLOCK_M]
+        else:
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            x_ptrs = x_ptr + pid_m * stride_xm + offs_r * XR
+        for kt in tl.range(ka, kb, num_stages=STAGES):
+            k0 = kt * BLOCK_K
+            g = k0 // GROUP_SIZE
+            if EVEN_N:
+                packed = tl.load(w_ptrs + kt * BK8 * stride_qk)
+                s = tl.load(s_ptr + g * stride_sg + offs_n)
+            else:
+                packed = tl.load(w_ptrs + kt * BK8 * stride_qk, mask=mask_n[:, None], other=0)
+                s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+            if HAS_ZEROS:
+                zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+                zq = (zw >> ((offs_n % 8) * 4)) & 15
+            else:
+                zq = tl.full((BLOCK_N,), 8, tl.int32)
+            if DOT:
+                zm = _magic16(zq.to(tl.int16), ACT)                           # MAGIC + z
+                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                for i in tl.static_range(8):
+                    xp = tl.load(x_ptrs + (k0 + i * XI), mask=mask_m[None, :], other=0.0)
+                    if UPCAST:   # interpreter: its bf16 arithmetic is wrong; the same values in fp32 are exact
+                        w = _plane16(packed, i, ACT).to(tl.float32) - zm.to(tl.float32)[:, None]
+                        part = tl.dot(w, xp.to(tl.float32), part)
+                    else:
+                        w = _plane16(packed, i, ACT) - zm[:, None]            # q - z, exact
+                        part = tl.dot(w, xp, part)
+                acc += part * s.to(tl.float32)[:, None]
+            else:
+                zf = zq.to(tl.float32)
+                d = tl.zeros((BLOCK_N, BK8), dtype=tl.float32)
+                for i in tl.static_range(8):
+                    xi = tl.load(x_ptrs + (k0 + i * XI)).to(tl.float32)
+                    d += (_plane32(packed, i) - (zf + _offset32(i))[:, None]) * xi[None, :]
+                acc += s.to(tl.float32) * tl.sum(d, axis=1)
+        # ---- write the tile: directly when this stripe covered its whole K, else through the workspace
+        if DOT:
+            o_off = offs_m[None, :] * stride_om + offs_n[:, None]
+            w_off = offs_m[None, :] * N + offs_n[:, None]
+            o_mask = mask_m[None, :] & mask_n[:, None]
+            b_idx = offs_n[:, None]
+        else:
+            o_off = pid_m * stride_om + offs_n
+            w_off = pid_m * N + offs_n
+            o_mask = mask_n
+            b_idx = offs_n
+        whole = (ka == 0) & (kb == KT)
+        done = whole
+        if not whole:
+            first = _owner(tile * KT, U, P)
+            last = _owner(tile * KT + KT - 1, U, P)
+            tl.atomic_add(ws_ptr + w_off, acc, mask=o_mask, sem="relaxed")
+            # every thread's adds performed at gpu scope before this program takes its ticket
+            tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="release")
+            tl.debug_barrier()
+            ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+            done = ticket == last - first
+            if done:
+                acc = tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="acquire")
+                tl.store(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask)
+                tl.atomic_xchg(lock_ptr + tile, 0)
+        if done:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + b_idx, mask=b_idx < N, other=0.0).to(tl.float32)
+            tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+class _Workspace:
+    """Per-device fp32 partial-sum workspace and tile tickets, kept zeroed by the kernel itself."""
+
+    def __init__(self):
+        self._bufs: dict = {}
+
+    def get(self, device, numel: int, tiles: int):
+        key = (device.type, device.index)
+        ws, lock = self._bufs.get(key, (None, None))
+        if ws is None or ws.numel() < numel or lock.numel() < tiles:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("awq_compile: the stripe kernel's workspace must grow during CUDA-graph "
+                                   "capture; run the largest batch once eagerly before capturing")
+            n = max(numel, 0 if ws is None else ws.numel(), 1)
+            t = max(tiles, 0 if lock is None else lock.numel(), 1)
+            ws = torch.zeros(n, dtype=torch.float32, device=device)
+            lock = torch.zeros(t, dtype=torch.int32, device=device)
+            self._bufs[key] = (ws, lock)
+        return ws, lock
+
+
+_WORKSPACES: list = []
+_SMS: dict = {}
+
+
+def _workspace() -> _Workspace:
+    if not _WORKSPACES:
+        _WORKSPACES.append(_Workspace())
+    return _WORKSPACES[0]
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 4          # the interpreter: a few programs, so stripes still meet inside tiles
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
+
+
+def stripe_grid(cfg: StripeConfig, M: int, N: int, K: int, sms: int) -> int:
+    """Programs launched: PER_SM per SM, at most one per unit of work."""
+    units = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N) * (K // cfg.BLOCK_K)
+    return max(1, min(cfg.PER_SM * sms, units))
+
+
+def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: StripeConfig, out=None, *,
+                  sms: int | None = None, interpret: bool = False):
+    """``x2d [M, K] @ W (+ bias)`` with W in the standard layout (or kplanes when ``cfg.KPERM``).
+
+    ``sms``: multiprocessors to size the grid for (default: the tensors' device's).  ``interpret``: the
+    Triton interpreter runs this launch (CPU tensors), which changes only how a bf16 dot is evaluated.
+    """
+    M, K = x2d.shape
+    N = qweight.shape[1]
+    if qweight.shape[0] * 8 != K:
+        raise ValueError(f"stripe_linear: x has K={K} but the weight holds {qweight.shape[0] * 8} rows")
+    why = check_config(cfg, K=K, N=N, group_size=group_size)
+    if why:
+        raise ValueError(f"stripe_linear: {why}")
+    if x2d.stride(1) != 1:
+        x2d = x2d.contiguous()
+    out = out if out is not None else torch.empty((M, N), dtype=x2d.dtype, device=x2d.device)
+    P = stripe_grid(cfg, M, N, K, sms or _sm_count(x2d.device))
+    tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
+    if (tiles * (K // cfg.BLOCK_K) + 1) * P >= 2 ** 31:
+        raise ValueError(f"stripe_linear: {tiles} tiles x {K // cfg.BLOCK_K} K tiles on {P} programs "
+                         "overflows 32-bit unit arithmetic")
+    ws, lock = _workspace().get(x2d.device, triton.cdiv(M, cfg.BLOCK_M) * cfg.BLOCK_M * N, tiles)
+    _stripe_kernel[(P,)](
+        x2d, qweight, qzeros if qzeros is not None else qweight, scales,
+        bias if bias is not None else scales, out, ws, lock,
+        M, N, K, x2d.stride(0), qweight.stride(0),
+        qzeros.stride(0) if qzeros is not None else 0, scales.stride(0), out.stride(0),
+        GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, HAS_BIAS=bias is not None,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES,
+        KPERM=cfg.KPERM, EVEN_N=N % cfg.BLOCK_N == 0, UPCAST=bool(interpret and x2d.dtype == torch.bfloat16),
+        num_warps=cfg.num_warps, num_stages=1)
+    return out
