@@ -25,7 +25,8 @@ def compile_config(cfg: StripeConfig, target: Target, M=16, N=14336, K=4096, G=1
            "stride_qk": "i32", "stride_zg": "i32", "stride_sg": "i32", "stride_om": "i32"}
     consts = dict(GROUP_SIZE=G, HAS_ZEROS=True, HAS_BIAS=False, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
                   BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES, KPERM=cfg.KPERM,
-                  EVEN_N=N % cfg.BLOCK_N == 0, UPCAST=False)
+                  EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
+                  UPCAST=False)
     for k in consts:
         sig[k] = "constexpr"
     names = list(sig)
@@ -50,7 +51,7 @@ def summarise(c) -> dict:
     reg_a = sum(1 for l in wgd if re.search(r"warp_group_dot %\S+, %\S+, %\S+.*: tensor<", l))
     return dict(
         async_copies=ttgir.count("async_copy_global_to_local"), tma=ttgir.count("async_tma_copy"),
-        wgmma=len(wgd), wgmma_reg_a=reg_a, mma_v2=ttgir.count("tt.dot "), local_alloc=ttgir.count("local_alloc"),
+        wgmma=len(wgd), wgmma_reg_a=reg_a, wgmma_wait=ttgir.count("warp_group_dot_wait"), mma_v2=ttgir.count("tt.dot "), local_alloc=ttgir.count("local_alloc"),
         local_load=ttgir.count("local_load"), regs=getattr(c, "n_regs", None),
         spills=getattr(c, "n_spills", None), shared=c.metadata.shared,
         cp_async_ptx=ptx.count("cp.async.cg") + ptx.count("cp.async.ca"), ld_v4=ptx.count("ld.global.v4"),
@@ -59,6 +60,14 @@ def summarise(c) -> dict:
 
 VARIANTS = {
     "dot16": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4),
+    "dot16_wide": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, WIDE=True),
+    "dot16_wide_in": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, WIDE=True, SCALE_IN=True),
+    "dot128_wide_in": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, WIDE=True, SCALE_IN=True, num_warps=8),
+    "dot16_nt_kperm": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, KPERM=True, TRANS=False),
+    "dot16_in_kperm": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, KPERM=True, SCALE_IN=True),
+    "dot128_in_kperm": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, KPERM=True, SCALE_IN=True, num_warps=8),
+    "dot128_nt_in_kperm": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, KPERM=True, SCALE_IN=True,
+                                       TRANS=False, num_warps=8),
     "dot16_kperm": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, KPERM=True),
     "fma1": StripeConfig(BLOCK_M=1, BLOCK_N=128, BLOCK_K=128, DOT=False, STAGES=4),
     "dot64_kperm": StripeConfig(BLOCK_M=64, BLOCK_N=128, STAGES=3, KPERM=True),

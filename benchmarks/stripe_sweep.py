@@ -54,17 +54,55 @@ def configs_for(M: int, which: str):
     return out
 
 
+def configs_v2(M: int):
+    """Sweep 2: the mma.sync orientation (TRANS off), one wide dot per K tile (WIDE), scale-in, FMA with
+    per-thread partials; plus run 1's winners for reference."""
+    C = StripeConfig
+    out = []
+    if M == 1:
+        for bn, st, ps, w in ((128, 4, 4, 4), (128, 6, 4, 4), (64, 4, 8, 4), (256, 4, 2, 8), (128, 4, 3, 4)):
+            for kp in (False, True):
+                out.append(C(BLOCK_M=1, BLOCK_N=bn, DOT=False, STAGES=st, PER_SM=ps, KPERM=kp, num_warps=w))
+    if M <= 32:
+        bm = 16 if M <= 16 else 32
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True))           # run 1's best
+        for bn, st, ps, w in ((128, 3, 2, 4), (128, 4, 3, 4), (256, 3, 2, 4), (256, 4, 2, 8), (64, 4, 4, 4)):
+            for si in (False, True):
+                out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=ps, KPERM=True, TRANS=False, SCALE_IN=si,
+                             num_warps=w))
+        for bn, st, ps, w in ((128, 3, 2, 4), (128, 4, 3, 4), (256, 3, 2, 8)):
+            for si in (False, True):
+                out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=ps, WIDE=True, SCALE_IN=si, num_warps=w))
+    elif M <= 64:
+        out.append(C(BLOCK_M=64, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True))
+        for bn, st, ps, w in ((128, 3, 2, 4), (128, 4, 1, 4), (256, 3, 1, 8), (128, 3, 2, 8)):
+            out.append(C(BLOCK_M=64, BLOCK_N=bn, STAGES=st, PER_SM=ps, WIDE=True, SCALE_IN=True, num_warps=w))
+            out.append(C(BLOCK_M=64, BLOCK_N=bn, STAGES=st, PER_SM=ps, KPERM=True, TRANS=False, SCALE_IN=True,
+                         num_warps=w))
+        out.append(C(BLOCK_M=32, BLOCK_N=128, STAGES=4, PER_SM=3, KPERM=True, TRANS=False, SCALE_IN=True))
+    else:
+        out.append(C(BLOCK_M=64, BLOCK_N=256, STAGES=4, PER_SM=1, KPERM=True, num_warps=8))   # run 1's best
+        for bm, bn, st, w in ((128, 128, 3, 8), (128, 128, 4, 8), (64, 256, 3, 8), (128, 256, 3, 8),
+                              (64, 128, 4, 4)):
+            out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=1, WIDE=True, SCALE_IN=True, num_warps=w))
+        for bm, bn, st, w in ((128, 128, 3, 8), (128, 256, 3, 8), (256, 128, 3, 8)):
+            out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=1, KPERM=True, TRANS=False, SCALE_IN=True,
+                         num_warps=w))
+    return out
+
+
 def short(c: StripeConfig) -> str:
     body = "dot" if c.DOT else "fma"
     return (f"{body} m{c.BLOCK_M} n{c.BLOCK_N} k{c.BLOCK_K} st{c.STAGES} x{c.PER_SM}/SM w{c.num_warps}"
-            + (" kperm" if c.KPERM else ""))
+            + (" kperm" if c.KPERM else "") + ("" if c.TRANS or not c.DOT else " nt")
+            + (" wide" if c.WIDE else "") + (" in" if c.SCALE_IN else ""))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="1,16,64")
-    ap.add_argument("--set", default="small", choices=("small", "large", "all"))
+    ap.add_argument("--set", default="v2", choices=("small", "large", "all", "v2"))
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--stress", type=int, default=20)
@@ -91,7 +129,7 @@ def main(argv=None):
                 x = torch.randn(M, K, dtype=dtype, device="cuda")
                 ref = x.double() @ w64
                 best = None
-                for cfg in configs_for(M, args.set):
+                for cfg in (configs_v2(M) if args.set == "v2" else configs_for(M, args.set)):
                     why = check_config(cfg, K=K, N=N, group_size=G)
                     if why:
                         continue

@@ -57,7 +57,13 @@ FMA = StripeConfig(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, DOT=False, STAGES=2, PER_S
     (FMA, 1, 7),
     (FMA, 2, 1),                                   # one program walks every tile whole
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, KPERM=True, STAGES=3, PER_SM=2), 5, 2),
-], ids=["dot-m3-meet", "dot-m17", "dot-m1-perunit", "fma-m1", "fma-m2-one-program", "dot-kperm"])
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, TRANS=False, PER_SM=1), 17, 5),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, SCALE_IN=True, KPERM=True, PER_SM=1), 3, 5),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, SCALE_IN=True, TRANS=False, PER_SM=1), 3, 4),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, WIDE=True, PER_SM=1), 3, 5),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, WIDE=True, SCALE_IN=True, PER_SM=1), 17, 3),
+], ids=["dot-m3-meet", "dot-m17", "dot-m1-perunit", "fma-m1", "fma-m2-one-program", "dot-kperm",
+        "dot-nt-m17", "dot-scalein-kperm", "dot-nt-scalein", "dot-wide", "dot-wide-scalein"])
 def test_stripe_matches_float64(cfg, M, sms, dtype):
     _check(cfg, M, 384, 72, 128, dtype, zeros=True, bias=True, sms=sms)
 
@@ -72,6 +78,7 @@ def test_stripe_grid_and_configs():
     assert stripe_grid(StripeConfig(PER_SM=2), 1, 64, 256, 132) == 2         # clamped to the unit count
     assert "BLOCK_K >= 128" in check_config(StripeConfig(BLOCK_K=64), K=256, N=64, group_size=128)
     assert "BLOCK_M = 1" in check_config(StripeConfig(DOT=False, BLOCK_M=16), K=256, N=64, group_size=128)
+    assert "WIDE" in check_config(StripeConfig(WIDE=True, KPERM=True), K=256, N=64, group_size=128)
     assert "divid" in check_config(StripeConfig(BLOCK_K=128), K=256, N=64, group_size=64)
     with pytest.raises(ValueError, match="positive int"):
         StripeConfig(BLOCK_N=0)

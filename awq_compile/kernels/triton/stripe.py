@@ -50,6 +50,12 @@ class StripeConfig:
     STAGES: int = 4             # software-pipelining depth of the K-tile loop
     PER_SM: int = 2             # programs per SM (the grid is PER_SM x SMs, at most the unit count)
     KPERM: bool = False         # weights in the kplanes layout (x planes contiguous) instead of standard
+    TRANS: bool = True          # DOT: out^T = W^T x^T (weight = operand A: register wgmma on Hopper), else
+                                # out = x W (x = operand A; mma.sync when BLOCK_M < 64)
+    SCALE_IN: bool = False      # DOT: scale the decoded weight before the dot (one accumulator chain, rounded
+                                # once like the user's dequant) instead of the fp32 partial after it
+    WIDE: bool = False          # DOT + TRANS, standard layout: one dot of K = BLOCK_K per K tile (all nibbles of a
+                                # word side by side) instead of eight plane dots of K = BLOCK_K / 8
     num_warps: int = 4
 
     def __post_init__(self):
@@ -68,6 +74,8 @@ def check_config(cfg: StripeConfig, *, K: int, N: int, group_size: int) -> str |
         return f"DOT needs BLOCK_K >= 128 (plane dots of K >= 16) and BLOCK_M >= 16, not {bk}/{cfg.BLOCK_M}"
     if not cfg.DOT and cfg.BLOCK_M != 1:
         return f"the FMA body takes BLOCK_M = 1, not {cfg.BLOCK_M}"
+    if cfg.WIDE and (not cfg.DOT or not cfg.TRANS or cfg.KPERM):
+        return "WIDE is a DOT + TRANS body over the standard layout (KPERM off)"
     if cfg.KPERM and bk != 128:
         return "the kplanes layout is permuted in blocks of 128 rows: BLOCK_K must be 128"
     if N % 8:
@@ -129,7 +137,7 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT: tl.constexpr, STAGES: tl.constexpr, KPERM: tl.constexpr, EVEN_N: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   TRANS: tl.constexpr, SCALE_IN: tl.constexpr, WIDE: tl.constexpr, UPCAST: tl.constexpr):
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     BK8: tl.constexpr = BLOCK_K // 8
     pid = tl.program_id(0)
@@ -149,6 +157,8 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
     else:
         XR: tl.constexpr = 8          # k0 + 8 r + i
         XI: tl.constexpr = 1
+    # TRANS (and the FMA body): tiles are [BLOCK_N, .] (out^T); else [BLOCK_M, BLOCK_N] with x as operand A
+    NT: tl.constexpr = TRANS or not DOT
     for tile in range(u0 // KT, tl.cdiv(u1, KT)):
         pid_m = tile % tiles_m
         pid_n = tile // tiles_m
@@ -158,13 +168,25 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
         offs_m = pid_m * BLOCK_M + offs_bm
         mask_n = offs_n < N
         mask_m = offs_m < M
-        # weight words of this column strip, [BLOCK_N, BK8]: N is the contiguous (wide-load) dimension
-        w_ptrs = qw_ptr + offs_r[None, :] * stride_qk + offs_n[:, None]
-        if DOT:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)            # out^T tile
-            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR   # [BK8, BLOCK_M]
+        # weight words of this column strip; N is the contiguous (wide-load) dimension
+        if NT:
+            w_ptrs = qw_ptr + offs_r[None, :] * stride_qk + offs_n[:, None]        # [BLOCK_N, BK8]
+            w_mask = mask_n[:, None]
         else:
-            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            w_ptrs = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]        # [BK8, BLOCK_N]
+            w_mask = mask_n[None, :]
+        if DOT:
+            if TRANS:
+                acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)            # out^T tile
+                x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR   # [BK8, BLOCK_M]
+                x_mask = mask_m[None, :]
+                xw_ptrs = x_ptr + offs_m[None, :] * stride_xm + tl.arange(0, BLOCK_K)[:, None]   # [BK, BM]
+            else:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * XR   # [BLOCK_M, BK8]
+                x_mask = mask_m[:, None]
+        else:
+            acc2 = tl.zeros((BLOCK_N, BK8), dtype=tl.float32)   # per-thread partials, reduced once per tile
             x_ptrs = x_ptr + pid_m * stride_xm + offs_r * XR
         for kt in tl.range(ka, kb, num_stages=STAGES):
             k0 = kt * BLOCK_K
@@ -173,7 +195,7 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                 packed = tl.load(w_ptrs + kt * BK8 * stride_qk)
                 s = tl.load(s_ptr + g * stride_sg + offs_n)
             else:
-                packed = tl.load(w_ptrs + kt * BK8 * stride_qk, mask=mask_n[:, None], other=0)
+                packed = tl.load(w_ptrs + kt * BK8 * stride_qk, mask=w_mask, other=0)
                 s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
             if HAS_ZEROS:
                 zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
@@ -182,30 +204,86 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                 zq = tl.full((BLOCK_N,), 8, tl.int32)
             if DOT:
                 zm = _magic16(zq.to(tl.int16), ACT)                           # MAGIC + z
-                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-                for i in tl.static_range(8):
-                    xp = tl.load(x_ptrs + (k0 + i * XI), mask=mask_m[None, :], other=0.0)
-                    if UPCAST:   # interpreter: its bf16 arithmetic is wrong; the same values in fp32 are exact
-                        w = _plane16(packed, i, ACT).to(tl.float32) - zm.to(tl.float32)[:, None]
-                        part = tl.dot(w, xp.to(tl.float32), part)
+                if UPCAST:
+                    zm = zm.to(tl.float32)
+                sa = s.to(ACT)
+                if TRANS:
+                    zb = zm[:, None]
+                    sb = sa[:, None]
+                else:
+                    zb = zm[None, :]
+                    sb = sa[None, :]
+                if not SCALE_IN:
+                    if TRANS:
+                        part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
                     else:
-                        w = _plane16(packed, i, ACT) - zm[:, None]            # q - z, exact
-                        part = tl.dot(w, xp, part)
-                acc += part * s.to(tl.float32)[:, None]
+                        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                if WIDE:
+                    # one dot of K = BLOCK_K: all eight nibbles of each word side by side, natural k order
+                    sh = tl.arange(0, 8) * 4
+                    q3 = ((packed[:, :, None] >> sh[None, None, :]) & 15).to(tl.int16)
+                    w3 = _magic16(q3, ACT)
+                    if UPCAST:
+                        w3 = w3.to(tl.float32)
+                    w3 = w3 - zb[:, :, None]
+                    if SCALE_IN:
+                        w3 = w3 * sb[:, :, None]
+                    w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+                    xw = tl.load(xw_ptrs + k0, mask=x_mask, other=0.0)
+                    if UPCAST:
+                        xw = xw.to(tl.float32)
+                    if SCALE_IN:
+                        acc = tl.dot(w.to(xw.dtype), xw, acc)
+                    else:
+                        part = tl.dot(w.to(xw.dtype), xw, part)
+                else:
+                    for i in tl.static_range(8):
+                        xp = tl.load(x_ptrs + (k0 + i * XI), mask=x_mask, other=0.0)
+                        if UPCAST:   # interpreter: its bf16 arithmetic is wrong; the same values in fp32 are exact
+                            w = _plane16(packed, i, ACT).to(tl.float32) - zb
+                            if SCALE_IN:
+                                w = (w * sb.to(tl.float32)).to(ACT).to(tl.float32)
+                            xp = xp.to(tl.float32)
+                        else:
+                            w = _plane16(packed, i, ACT) - zb                 # q - z, exact
+                            if SCALE_IN:
+                                w = w * sb                                    # rounded once, as the user's dequant
+                        if SCALE_IN:
+                            if TRANS:
+                                acc = tl.dot(w, xp, acc)
+                            else:
+                                acc = tl.dot(xp, w, acc)
+                        else:
+                            if TRANS:
+                                part = tl.dot(w, xp, part)
+                            else:
+                                part = tl.dot(xp, w, part)
+                if not SCALE_IN:
+                    if TRANS:
+                        acc += part * s.to(tl.float32)[:, None]
+                    else:
+                        acc += part * s.to(tl.float32)[None, :]
             else:
                 zf = zq.to(tl.float32)
                 d = tl.zeros((BLOCK_N, BK8), dtype=tl.float32)
                 for i in tl.static_range(8):
                     xi = tl.load(x_ptrs + (k0 + i * XI)).to(tl.float32)
                     d += (_plane32(packed, i) - (zf + _offset32(i))[:, None]) * xi[None, :]
-                acc += s.to(tl.float32) * tl.sum(d, axis=1)
+                acc2 += d * s.to(tl.float32)[:, None]
         # ---- write the tile: directly when this stripe covered its whole K, else through the workspace
         if DOT:
-            o_off = offs_m[None, :] * stride_om + offs_n[:, None]
-            w_off = offs_m[None, :] * N + offs_n[:, None]
-            o_mask = mask_m[None, :] & mask_n[:, None]
-            b_idx = offs_n[:, None]
+            if TRANS:
+                o_off = offs_m[None, :] * stride_om + offs_n[:, None]
+                w_off = offs_m[None, :] * N + offs_n[:, None]
+                o_mask = mask_m[None, :] & mask_n[:, None]
+                b_idx = offs_n[:, None]
+            else:
+                o_off = offs_m[:, None] * stride_om + offs_n[None, :]
+                w_off = offs_m[:, None] * N + offs_n[None, :]
+                o_mask = mask_m[:, None] & mask_n[None, :]
+                b_idx = offs_n[None, :]
         else:
+            acc = tl.sum(acc2, axis=1)
             o_off = pid_m * stride_om + offs_n
             w_off = pid_m * N + offs_n
             o_mask = mask_n
@@ -307,6 +385,7 @@ def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: Stri
         qzeros.stride(0) if qzeros is not None else 0, scales.stride(0), out.stride(0),
         GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES,
-        KPERM=cfg.KPERM, EVEN_N=N % cfg.BLOCK_N == 0, UPCAST=bool(interpret and x2d.dtype == torch.bfloat16),
+        KPERM=cfg.KPERM, EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
+        UPCAST=bool(interpret and x2d.dtype == torch.bfloat16),
         num_warps=cfg.num_warps, num_stages=1)
     return out
