@@ -26,7 +26,7 @@ def compile_config(cfg: StripeConfig, target: Target, M=16, N=14336, K=4096, G=1
     consts = dict(GROUP_SIZE=G, HAS_ZEROS=True, HAS_BIAS=False, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
                   BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES, KPERM=cfg.KPERM,
                   EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
-                  UPCAST=False)
+                  PAIRS=cfg.PAIRS, ASM=cfg.PAIRS, UPCAST=False)
     for k in consts:
         sig[k] = "constexpr"
     names = list(sig)
@@ -60,6 +60,9 @@ def summarise(c) -> dict:
 
 VARIANTS = {
     "dot16": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4),
+    "dot16_pairs": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=3, PAIRS=True),
+    "dot16_pairs_nt": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=3, PAIRS=True, TRANS=False),
+    "dot128_pairs_in": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, PAIRS=True, SCALE_IN=True, num_warps=8),
     "dot16_wide": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, WIDE=True),
     "dot16_wide_in": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4, WIDE=True, SCALE_IN=True),
     "dot128_wide_in": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, WIDE=True, SCALE_IN=True, num_warps=8),

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from awq_compile.formats.kplanes import to_kplanes
+from awq_compile.formats.kplanes import to_kpairs, to_kplanes
 from awq_compile.kernels.triton.stripe import StripeConfig, stripe_linear
 
 from .common import AWQ, random_awq
@@ -33,6 +33,7 @@ def main(argv=None):
     rows = json.load(open(args.sweep))["rows"]
     w = AWQ.to_standard(*random_awq(K, N, G, seed=0))
     kp = to_kplanes(w.qweight)
+    kq = to_kpairs(w.qweight)
     for M in (int(m) for m in args.ms.split(",")):
         cands = [r for r in rows if r["K"] == K and r["N"] == N and r["M"] == M and r.get("us")
                  and r["dtype"] == "float16"]
@@ -41,7 +42,7 @@ def main(argv=None):
         best = min(cands, key=lambda r: r["us"])
         cfg = StripeConfig(**best["config"])
         x = torch.randn(M, K, dtype=torch.float16, device="cuda")
-        q = kp if cfg.KPERM else w.qweight
+        q = kp if cfg.KPERM else (kq if cfg.PAIRS else w.qweight)
         for _ in range(2):
             stripe_linear(x, q, w.qzeros, w.scales, None, G, cfg)
         torch.cuda.synchronize()

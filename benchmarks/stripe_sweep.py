@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from awq_compile.formats.kplanes import to_kplanes
+from awq_compile.formats.kplanes import to_kpairs, to_kplanes
 from awq_compile.kernels.triton.stripe import StripeConfig, check_config, stripe_grid, stripe_linear
 
 from .common import AWQ, copies_for, graph_time_us, random_awq, rel_err
@@ -91,18 +91,47 @@ def configs_v2(M: int):
     return out
 
 
+def configs_v3(M: int):
+    """Sweep 3: the kpairs decode (two nibbles per LOP3, one paired subtract) on mma.sync (TRANS off) and on
+    register-A wgmma (TRANS), against sweep 2's winners."""
+    C = StripeConfig
+    out = []
+    if M <= 64:
+        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True))           # sweep 1/2 best (M>1)
+        if M == 1:
+            out.append(C(BLOCK_M=16, BLOCK_N=256, STAGES=3, PER_SM=2, KPERM=True, TRANS=False))   # sweep 2 best
+        for bn, st, ps, w in ((128, 3, 2, 4), (128, 4, 3, 4), (256, 3, 2, 4), (256, 4, 2, 4), (128, 6, 2, 4),
+                              (256, 3, 2, 8), (128, 3, 4, 4)):
+            for tr in (False, True):
+                if bm == 64 and tr is False and w == 4 and bn == 256:
+                    continue
+                out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=ps, PAIRS=True, TRANS=tr, num_warps=w))
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, PAIRS=True, TRANS=False, SCALE_IN=True))
+        out.append(C(BLOCK_M=bm, BLOCK_N=256, STAGES=3, PER_SM=2, PAIRS=True, TRANS=True, SCALE_IN=True))
+    else:
+        out.append(C(BLOCK_M=128, BLOCK_N=256, STAGES=3, PER_SM=1, KPERM=True, TRANS=False, SCALE_IN=True,
+                     num_warps=8))                                                    # sweep 2 best
+        for bm, bn, st, w, tr in ((128, 128, 3, 8, True), (64, 256, 3, 8, True), (128, 256, 3, 8, True),
+                                  (64, 128, 4, 4, True), (128, 256, 3, 8, False), (128, 128, 4, 8, False),
+                                  (256, 128, 3, 8, False)):
+            out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=st, PER_SM=1, PAIRS=True, TRANS=tr, SCALE_IN=True,
+                         num_warps=w))
+    return out
+
+
 def short(c: StripeConfig) -> str:
     body = "dot" if c.DOT else "fma"
     return (f"{body} m{c.BLOCK_M} n{c.BLOCK_N} k{c.BLOCK_K} st{c.STAGES} x{c.PER_SM}/SM w{c.num_warps}"
             + (" kperm" if c.KPERM else "") + ("" if c.TRANS or not c.DOT else " nt")
-            + (" wide" if c.WIDE else "") + (" in" if c.SCALE_IN else ""))
+            + (" wide" if c.WIDE else "") + (" pairs" if c.PAIRS else "") + (" in" if c.SCALE_IN else ""))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="1,16,64")
-    ap.add_argument("--set", default="v2", choices=("small", "large", "all", "v2"))
+    ap.add_argument("--set", default="v3", choices=("small", "large", "all", "v2", "v3"))
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--stress", type=int, default=20)
@@ -122,6 +151,7 @@ def main(argv=None):
             R = copies_for(K * N // 2)
             std = [AWQ.to_standard(*random_awq(K, N, G, dtype=dtype, seed=r)) for r in range(R)]
             kp = [to_kplanes(w.qweight) for w in std]
+            kq = [to_kpairs(w.qweight) for w in std]
             w64 = std[0]
             from awq_compile.formats.standard import dequantize_standard
             w64 = dequantize_standard(std[0].qweight, std[0].qzeros, std[0].scales.double(), G, torch.float64)
@@ -129,11 +159,12 @@ def main(argv=None):
                 x = torch.randn(M, K, dtype=dtype, device="cuda")
                 ref = x.double() @ w64
                 best = None
-                for cfg in (configs_v2(M) if args.set == "v2" else configs_for(M, args.set)):
+                sets = dict(v2=configs_v2, v3=configs_v3)
+                for cfg in (sets[args.set](M) if args.set in sets else configs_for(M, args.set)):
                     why = check_config(cfg, K=K, N=N, group_size=G)
                     if why:
                         continue
-                    qs = kp if cfg.KPERM else [w.qweight for w in std]
+                    qs = kp if cfg.KPERM else (kq if cfg.PAIRS else [w.qweight for w in std])
                     out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
                     row = dict(K=K, N=N, M=M, dtype=dname, cfg=short(cfg), config=cfg.__dict__,
                                grid=stripe_grid(cfg, M, N, K, sms))
@@ -166,7 +197,7 @@ def main(argv=None):
                         best = (us, cfg, row)
                 if best is not None and args.stress:
                     us, cfg, row = best
-                    qs = kp if cfg.KPERM else [w.qweight for w in std]
+                    qs = kp if cfg.KPERM else (kq if cfg.PAIRS else [w.qweight for w in std])
                     errs, bad = [], 0
                     out = torch.empty((M, N), dtype=dtype, device="cuda")
                     for i in range(args.stress):
@@ -180,7 +211,7 @@ def main(argv=None):
                     row["stress"] = dict(launches=args.stress, wrong=bad, max_err=max(errs))
                     print(f"  best {K}x{N} M={M}: {short(cfg)} {us:.2f} us; stress {args.stress} launches, "
                           f"{bad} wrong, max err {max(errs):.2e}", flush=True)
-            del std, kp
+            del std, kp, kq
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

@@ -11,6 +11,15 @@ Why: a kernel that decodes nibble plane i of a [16, BLOCK_N] block of words gets
 contiguous (vector, asynchronously copyable) load instead of a stride-8 gather.  Same bytes, same
 words per block; only which nibble holds which row changes, so the conversion is a pure permutation.
 Requires K % 128 == 0 and a group size that is a multiple of 128.
+
+The ``kpairs`` variant (same words, another permutation) serves a decode that extracts two nibbles per
+32-bit operation -- ``((w >> 4 i) & 0x000F000F) | 0x64006400`` is two fp16 values ``1024 + q`` at once --
+and feeds them to the matrix unit as one register holding two consecutive K rows::
+
+    kpairs: word [16 t + r, n], nibble s  holds row  128 t + 32 (s % 4) + 2 r + s // 4
+
+so pair-plane i (nibbles i and i + 4 of the 16 words of a block) is the contiguous K range
+``128 t + 32 i .. 128 t + 32 i + 31`` with nibble i at the even row and nibble i + 4 at the odd one.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import torch
 
 from .standard import pack_k, unpack_k
 
-__all__ = ["BLOCK", "to_kplanes", "from_kplanes", "kplanes_reason"]
+__all__ = ["BLOCK", "to_kplanes", "from_kplanes", "to_kpairs", "from_kpairs", "kplanes_reason"]
 
 BLOCK = 128
 
@@ -51,3 +60,24 @@ def from_kplanes(qweight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"kplanes: K={K} is not a multiple of {BLOCK}")
     codes = unpack_k(qweight).view(K // BLOCK, BLOCK // 8, 8, N)      # [t, r, i, n]
     return pack_k(codes.transpose(1, 2).reshape(K, N))
+
+
+def to_kpairs(qweight: torch.Tensor) -> torch.Tensor:
+    """Standard qweight int32 [K/8, N] -> kpairs qweight int32 [K/8, N]."""
+    K8, N = qweight.shape
+    K = K8 * 8
+    if K % BLOCK:
+        raise ValueError(f"kpairs: K={K} is not a multiple of {BLOCK}")
+    # row 128 t + 32 i + 2 r + j  ->  word 16 t + r, nibble s = i + 4 j
+    codes = unpack_k(qweight).view(K // BLOCK, 4, BLOCK // 8, 2, N)   # [t, i, r, j, n]
+    return pack_k(codes.permute(0, 2, 3, 1, 4).reshape(K, N))          # [t, r, j, i, n]: nibble 4 j + i
+
+
+def from_kpairs(qweight: torch.Tensor) -> torch.Tensor:
+    """kpairs qweight -> standard qweight."""
+    K8, N = qweight.shape
+    K = K8 * 8
+    if K % BLOCK:
+        raise ValueError(f"kpairs: K={K} is not a multiple of {BLOCK}")
+    codes = unpack_k(qweight).view(K // BLOCK, BLOCK // 8, 2, 4, N)   # [t, r, j, i, n]
+    return pack_k(codes.permute(0, 3, 1, 2, 4).reshape(K, N))          # [t, i, r, j, n]

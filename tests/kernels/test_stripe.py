@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from awq_compile.formats import from_unpacked, quantize
-from awq_compile.formats.kplanes import from_kplanes, kplanes_reason, to_kplanes
+from awq_compile.formats.kplanes import from_kpairs, from_kplanes, kplanes_reason, to_kpairs, to_kplanes
 from awq_compile.kernels.triton.stripe import StripeConfig, check_config, stripe_grid, stripe_linear
 from _util import rel_err
 
@@ -36,6 +36,8 @@ def _check(cfg, M, K, N, G, dtype, zeros, bias, sms, seed=0):
     x, q, qz, s, b, ref = _case(M, K, N, G, dtype, zeros, bias, seed)
     if cfg.KPERM:
         q = to_kplanes(q)
+    if cfg.PAIRS:
+        q = to_kpairs(q)
     out = torch.empty(M, N, dtype=dtype, device=DEV)
     for _ in range(3):
         out.fill_(float("nan"))
@@ -62,8 +64,12 @@ FMA = StripeConfig(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, DOT=False, STAGES=2, PER_S
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, SCALE_IN=True, TRANS=False, PER_SM=1), 3, 4),
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, WIDE=True, PER_SM=1), 3, 5),
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, WIDE=True, SCALE_IN=True, PER_SM=1), 17, 3),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, PER_SM=1), 3, 5),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, TRANS=False, PER_SM=1), 17, 3),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, TRANS=False, SCALE_IN=True, PER_SM=1), 2, 4),
 ], ids=["dot-m3-meet", "dot-m17", "dot-m1-perunit", "fma-m1", "fma-m2-one-program", "dot-kperm",
-        "dot-nt-m17", "dot-scalein-kperm", "dot-nt-scalein", "dot-wide", "dot-wide-scalein"])
+        "dot-nt-m17", "dot-scalein-kperm", "dot-nt-scalein", "dot-wide", "dot-wide-scalein",
+        "dot-pairs", "dot-pairs-nt", "dot-pairs-nt-scalein"])
 def test_stripe_matches_float64(cfg, M, sms, dtype):
     _check(cfg, M, 384, 72, 128, dtype, zeros=True, bias=True, sms=sms)
 
@@ -97,3 +103,18 @@ def test_kplanes_is_a_permutation_of_k_blocks():
     for t, r, i, n in ((0, 0, 0, 0), (0, 3, 5, 7), (1, 15, 7, 23), (1, 9, 2, 11)):
         assert ((kp[16 * t + r, n] >> (4 * i)) & 15).item() == u.codes[128 * t + 16 * i + r, n].item()
     assert kplanes_reason(256, 128) is None and "multiple of 128" in kplanes_reason(256, 64)
+
+
+def test_kpairs_is_a_permutation_of_k_blocks():
+    torch.manual_seed(4)
+    u = quantize(torch.randn(256, 16), 128, symmetric=False)
+    std = from_unpacked(u)
+    kp = to_kpairs(std.qweight)
+    assert torch.equal(from_kpairs(kp), std.qweight)
+    # word [16 t + r, n] nibble s holds row 128 t + 32 (s % 4) + 2 r + s // 4
+    for t in range(2):
+        for r in (0, 5, 15):
+            for s_ in range(8):
+                n = (t + r + s_) % 16
+                row = 128 * t + 32 * (s_ % 4) + 2 * r + s_ // 4
+                assert ((kp[16 * t + r, n] >> (4 * s_)) & 15).item() == u.codes[row, n].item()

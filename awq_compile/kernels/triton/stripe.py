@@ -54,6 +54,8 @@ class StripeConfig:
                                 # out = x W (x = operand A; mma.sync when BLOCK_M < 64)
     SCALE_IN: bool = False      # DOT: scale the decoded weight before the dot (one accumulator chain, rounded
                                 # once like the user's dequant) instead of the fp32 partial after it
+    PAIRS: bool = False         # DOT, weights in the kpairs layout: four dots of K = BLOCK_K / 4 per K tile, two
+                                # nibbles decoded per 32-bit operation into one operand register
     WIDE: bool = False          # DOT + TRANS, standard layout: one dot of K = BLOCK_K per K tile (all nibbles of a
                                 # word side by side) instead of eight plane dots of K = BLOCK_K / 8
     num_warps: int = 4
@@ -76,6 +78,8 @@ def check_config(cfg: StripeConfig, *, K: int, N: int, group_size: int) -> str |
         return f"the FMA body takes BLOCK_M = 1, not {cfg.BLOCK_M}"
     if cfg.WIDE and (not cfg.DOT or not cfg.TRANS or cfg.KPERM):
         return "WIDE is a DOT + TRANS body over the standard layout (KPERM off)"
+    if cfg.PAIRS and (not cfg.DOT or cfg.KPERM or cfg.WIDE or bk != 128):
+        return "PAIRS is a DOT body over the kpairs layout (KPERM and WIDE off, BLOCK_K = 128)"
     if cfg.KPERM and bk != 128:
         return "the kplanes layout is permuted in blocks of 128 rows: BLOCK_K must be 128"
     if N % 8:
@@ -117,6 +121,30 @@ def _plane32(packed, I: tl.constexpr):
 
 
 @triton.jit
+def _pair_asm(src, zm2, s2, ACT: tl.constexpr, SCALE: tl.constexpr):
+    """int32 holding two activation-dtype values ``(q - z)`` (times s when SCALE) for nibbles 0 and 4 of
+    ``src``: LOP3 ``(src & 0x000F000F) | MAGIC2``, then one paired subtract (and multiply) -- PTX only."""
+    if ACT == tl.bfloat16:
+        if SCALE:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $1, 983055, 1124090624, 234; sub.rn.bf16x2 t, t, $2; "
+                "mul.rn.bf16x2 $0, t, $3; }", "=r,r,r,r", [src, zm2, s2], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $1, 983055, 1124090624, 234; sub.rn.bf16x2 $0, t, $2; }",
+                "=r,r,r,r", [src, zm2, s2], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        if SCALE:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $1, 983055, 1677747200, 234; sub.rn.f16x2 t, t, $2; "
+                "mul.rn.f16x2 $0, t, $3; }", "=r,r,r,r", [src, zm2, s2], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $1, 983055, 1677747200, 234; sub.rn.f16x2 $0, t, $2; }",
+                "=r,r,r,r", [src, zm2, s2], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _offset32(I: tl.constexpr):
     """The ``2**(23-P)`` that ``_plane32`` adds to nibble I."""
     if I >= 5:
@@ -137,7 +165,8 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT: tl.constexpr, STAGES: tl.constexpr, KPERM: tl.constexpr, EVEN_N: tl.constexpr,
-                   TRANS: tl.constexpr, SCALE_IN: tl.constexpr, WIDE: tl.constexpr, UPCAST: tl.constexpr):
+                   TRANS: tl.constexpr, SCALE_IN: tl.constexpr, WIDE: tl.constexpr, PAIRS: tl.constexpr,
+                   ASM: tl.constexpr, UPCAST: tl.constexpr):
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     BK8: tl.constexpr = BLOCK_K // 8
     pid = tl.program_id(0)
@@ -181,10 +210,12 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                 x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR   # [BK8, BLOCK_M]
                 x_mask = mask_m[None, :]
                 xw_ptrs = x_ptr + offs_m[None, :] * stride_xm + tl.arange(0, BLOCK_K)[:, None]   # [BK, BM]
+                xq_ptrs = x_ptr + offs_m[None, :] * stride_xm + tl.arange(0, 2 * BK8)[:, None]   # [2 BK8, BM]
             else:
                 acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * XR   # [BLOCK_M, BK8]
                 x_mask = mask_m[:, None]
+                xq_ptrs = x_ptr + offs_m[:, None] * stride_xm + tl.arange(0, 2 * BK8)[None, :]   # [BM, 2 BK8]
         else:
             acc2 = tl.zeros((BLOCK_N, BK8), dtype=tl.float32)   # per-thread partials, reduced once per tile
             x_ptrs = x_ptr + pid_m * stride_xm + offs_r * XR
@@ -218,7 +249,64 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                         part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
                     else:
                         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                if WIDE:
+                if PAIRS:
+                    # kpairs layout: nibbles i and i + 4 of a word are K rows 32 i + 2 r and 32 i + 2 r + 1; one
+                    # 32-bit AND/OR makes both fp16 (or bf16) magics, the pair is one register of the operand
+                    if ACT == tl.bfloat16:
+                        MAG2: tl.constexpr = 0x43004300
+                    else:
+                        MAG2: tl.constexpr = 0x64006400
+                    if ASM:
+                        zbits = (zm.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+                        sbits = (sa.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+                        if TRANS:
+                            zm2 = tl.broadcast_to((zbits | (zbits << 16))[:, None], (BLOCK_N, BK8))
+                            s2 = tl.broadcast_to((sbits | (sbits << 16))[:, None], (BLOCK_N, BK8))
+                        else:
+                            zm2 = tl.broadcast_to((zbits | (zbits << 16))[None, :], (BK8, BLOCK_N))
+                            s2 = tl.broadcast_to((sbits | (sbits << 16))[None, :], (BK8, BLOCK_N))
+                    for i in tl.static_range(4):
+                        if i > 0:
+                            src = packed >> (4 * i)
+                        else:
+                            src = packed
+                        if ASM:
+                            # one LOP3 makes both magics, one f16x2/bf16x2 subtract (and multiply) finishes the pair
+                            w2 = _pair_asm(src, zm2, s2, ACT, SCALE_IN)
+                            w_lo = (w2 & 0xFFFF).to(tl.int16).to(ACT, bitcast=True)
+                            w_hi = (w2 >> 16).to(tl.int16).to(ACT, bitcast=True)
+                        else:
+                            v = (src & 0x000F000F) | MAG2
+                            lo = (v & 0xFFFF).to(tl.int16).to(ACT, bitcast=True)
+                            hi = (v >> 16).to(tl.int16).to(ACT, bitcast=True)
+                            if UPCAST:
+                                lo = lo.to(tl.float32)
+                                hi = hi.to(tl.float32)
+                            w_lo = lo - zb
+                            w_hi = hi - zb
+                            if SCALE_IN:
+                                if UPCAST:
+                                    w_lo = (w_lo * sb.to(tl.float32)).to(ACT).to(tl.float32)
+                                    w_hi = (w_hi * sb.to(tl.float32)).to(ACT).to(tl.float32)
+                                else:
+                                    w_lo = w_lo * sb
+                                    w_hi = w_hi * sb
+                        xp = tl.load(xq_ptrs + (k0 + 2 * BK8 * i), mask=x_mask, other=0.0)
+                        if UPCAST:
+                            xp = xp.to(tl.float32)
+                        if TRANS:
+                            w = tl.reshape(tl.join(w_lo, w_hi), (BLOCK_N, 2 * BK8))          # k = 2 r + j
+                            if SCALE_IN:
+                                acc = tl.dot(w, xp, acc)
+                            else:
+                                part = tl.dot(w, xp, part)
+                        else:
+                            w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (2 * BK8, BLOCK_N))
+                            if SCALE_IN:
+                                acc = tl.dot(xp, w, acc)
+                            else:
+                                part = tl.dot(xp, w, part)
+                elif WIDE:
                     # one dot of K = BLOCK_K: all eight nibbles of each word side by side, natural k order
                     sh = tl.arange(0, 8) * 4
                     q3 = ((packed[:, :, None] >> sh[None, None, :]) & 15).to(tl.int16)
@@ -356,11 +444,12 @@ def stripe_grid(cfg: StripeConfig, M: int, N: int, K: int, sms: int) -> int:
 
 
 def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: StripeConfig, out=None, *,
-                  sms: int | None = None, interpret: bool = False):
+                  sms: int | None = None, interpret: bool = False, asm: bool = True):
     """``x2d [M, K] @ W (+ bias)`` with W in the standard layout (or kplanes when ``cfg.KPERM``).
 
     ``sms``: multiprocessors to size the grid for (default: the tensors' device's).  ``interpret``: the
     Triton interpreter runs this launch (CPU tensors), which changes only how a bf16 dot is evaluated.
+    ``asm``: PAIRS decodes with inline PTX (NVIDIA only; the portable Triton spelling otherwise).
     """
     M, K = x2d.shape
     N = qweight.shape[1]
@@ -386,6 +475,7 @@ def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: Stri
         GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES,
         KPERM=cfg.KPERM, EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
+        PAIRS=cfg.PAIRS, ASM=bool(cfg.PAIRS and asm and not interpret),
         UPCAST=bool(interpret and x2d.dtype == torch.bfloat16),
         num_warps=cfg.num_warps, num_stages=1)
     return out
