@@ -14,10 +14,14 @@ __all__ = ["explain", "awq_backend", "Target", "Options", "Report", "__version__
 
 
 def __getattr__(name):
-    if name in ("explain", "Report"):
-        from . import report
+    if name == "explain":
+        from .explaining import explain
 
-        return getattr(report, name)
+        return explain
+    if name == "Report":
+        from .report import Report
+
+        return Report
     if name == "awq_backend":
         from .backend import awq_backend
 

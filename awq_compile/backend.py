@@ -1,9 +1,9 @@
 """The ``awq`` torch.compile backend.
 
 ``torch.compile(model, backend="awq", options={...})`` reaches :func:`awq_backend` through the
-``torch_dynamo_backends`` entry point.  It resolves the options and the target once, runs the pass
-pipeline (:mod:`awq_compile.passes`) over Dynamo's graph, and hands the result to Inductor
-(``compile_fx``), which compiles everything around our custom op as usual.
+``torch_dynamo_backends`` entry point.  It resolves the options and the target once, runs the analysis
+and then the transformations (:mod:`awq_compile.passes`) over Dynamo's graph, and hands the result to
+Inductor (``compile_fx``), which compiles everything around our custom op as usual.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import logging
 import torch
 
 from .options import Options
-from .passes import PassContext, run_passes
+from .passes import Analysis, analyze, run_passes
 from .target import Target, detect
 from . import _torch_logs
 
-__all__ = ["awq_backend"]
+__all__ = ["awq_backend", "analyze_graph"]
 
 log = logging.getLogger("awq_compile")
 _GRAPH_COUNTER = itertools.count()
@@ -31,29 +31,31 @@ def _target_from_inputs(example_inputs) -> Target:
     return Target("cpu")
 
 
-def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode: str | None = None, **unused):
-    """Dynamo backend: find AWQ linears, rewrite them to our op, then compile the rest with Inductor."""
+def analyze_graph(gm: torch.fx.GraphModule, example_inputs, options=None, **kw) -> Analysis:
+    """The analysis of one graph with resolved options and target (what ``explain`` runs alone)."""
+    opts = options if isinstance(options, Options) else Options.resolve(options)
+    target = opts.target or _target_from_inputs(example_inputs)
+    return analyze(gm, example_inputs, options=opts, target=target, graph_index=next(_GRAPH_COUNTER), **kw)
+
+
+def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode: str | None = None,
+                on_analysis=None, **unused):
+    """Dynamo backend: find AWQ linears, rewrite them to our op, then compile the rest with Inductor.
+
+    ``on_analysis``: called with each graph's :class:`~awq_compile.passes.Analysis` (e.g.
+    ``lambda a: awq_compile.explaining.report_of(report, a)`` to collect an explain report of a real
+    compile)."""
     _torch_logs.register()
     if unused:
         raise TypeError(f"awq backend: unexpected arguments {sorted(unused)}")
-    opts = Options.resolve(options)
-    target = opts.target or _target_from_inputs(example_inputs)
-    ctx = PassContext(options=opts, target=target, graph_index=next(_GRAPH_COUNTER),
-                      example_inputs=list(example_inputs))
-    gm = run_passes(gm, ctx)
-    sink = opts.report_sink
-    if sink is not None:
-        sink.target = target
-        sink.graphs += 1
-        for r in ctx.layers:
-            r.graph = ctx.graph_index
-        for s in ctx.skipped:
-            s.graph = ctx.graph_index
-        sink.layers.extend(ctx.layers)
-        sink.skipped.extend(ctx.skipped)
-    log.debug("graph %d on %s: %d layer(s) rewritten, %d left alone", ctx.graph_index, target,
-              len(ctx.layers), len(ctx.skipped))
-    if opts.analysis_only or not opts.inductor:
+    analysis = analyze_graph(gm, example_inputs, Options.resolve(options))
+    if on_analysis is not None:
+        on_analysis(analysis)
+    gm = run_passes(gm, analysis)
+    opts = analysis.options
+    log.debug("graph %d on %s: %d layer(s) rewritten, %d left alone", analysis.graph_index, analysis.target,
+              len(analysis.layers), len(analysis.skipped))
+    if not opts.inductor:
         return gm.forward
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
@@ -64,10 +66,10 @@ def awq_backend(gm: torch.fx.GraphModule, example_inputs, *, options=None, mode:
     from torch._inductor import config as inductor_config
 
     cudagraphs = patches.get("triton.cudagraphs", inductor_config.triton.cudagraphs)
-    return _with_weight_check(compiled, gm, ctx) if ctx.matches and cudagraphs else compiled
+    return _with_weight_check(compiled, gm, analysis) if analysis.layers and cudagraphs else compiled
 
 
-def _with_weight_check(compiled, gm, ctx):
+def _with_weight_check(compiled, gm, analysis: Analysis):
     """Repack the weights a call brings before the compiled code runs.
 
     Dynamo reuses this graph for other module instances.  Under CUDA graphs (``reduce-overhead``)
@@ -75,11 +77,11 @@ def _with_weight_check(compiled, gm, ctx):
     allocate from the graph's private pool; so new or modified weight tensors are found here, outside
     Inductor's wrapper, with a cheap identity + version comparison against the previous call.
     """
-    from .runtime.weights import _version, weight_cache
+    from .runtime.weights import watch_signature, weight_cache
 
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     specs = []
-    for m in ctx.matches:
+    for m in analysis.matches:
         roles = [m.qweight, m.qzeros, m.scales, *m.aux]
         if not all(r is None or r in index for r in roles):
             continue  # get_attr weights are constants of this graph: prepacked already
@@ -88,15 +90,15 @@ def _with_weight_check(compiled, gm, ctx):
     if not watched:
         return compiled
     last: list = [None]
+    reuse = analysis.options.reuse_weight_memory
 
     def ensure(args):
-        sig = [(id(args[i]), _version(args[i])) for i in watched]
+        sig = watch_signature([args[i] for i in watched])
         if sig != last[0]:
             cache = weight_cache()
             for fmt, idx, digest, name in specs:
                 t = [None if i is None else args[i] for i in idx]
-                cache.get(fmt, t[0], t[1], t[2], t[3:], aux_digest=digest, layer=name,
-                          reuse=ctx.options.reuse_weight_memory)
+                cache.get(fmt, t[0], t[1], t[2], t[3:], aux_digest=digest, layer=name, reuse=reuse)
             last[0] = sig
 
     def run(*args):  # Dynamo calls the backend's result with the graph's inputs as positional arguments

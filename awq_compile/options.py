@@ -62,9 +62,6 @@ class Options:
     prepack: bool = True
     reuse_weight_memory: bool = False
     mode: str | None = None
-    # internal: explain() collects reports and keeps the model untouched
-    analysis_only: bool = False
-    report_sink: Any = None
 
     _ENV = {
         "target": "AWQ_COMPILE_TARGET",
@@ -84,7 +81,7 @@ class Options:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(given) - known
         if unknown:
-            raise ValueError(f"awq backend: unknown option(s) {sorted(unknown)}; known: {sorted(known - {'report_sink'})}")
+            raise ValueError(f"awq backend: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         values: dict[str, Any] = {}
         for name, var in cls._ENV.items():
             if name in given:
@@ -94,7 +91,7 @@ class Options:
         values.update(given)
         if values.get("target") is not None:
             values["target"] = Target.parse(values["target"])
-        for name in ("strict", "inductor", "prepack", "reuse_weight_memory", "analysis_only"):
+        for name in ("strict", "inductor", "prepack", "reuse_weight_memory"):
             if name in values:
                 values[name] = _flag(values[name])
         if "disabled_kernels" in values:

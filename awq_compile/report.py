@@ -1,9 +1,8 @@
-"""The explain report: ``awq_compile.explain(model, *args)``: what the backend would find and choose, without changing the model.
+"""The explain report's plain records: what the analysis found per layer, what it left alone, and why.
 
 The report lists every AWQ layer found (module path, shape, group size, layout, the kernel chosen per
-M bucket and why the others were not) and every candidate matmul left alone, with the reason.  It runs
-the model once through Dynamo with the backend in analysis mode: the passes find, verify and select as
-in a real compile, but nothing is rewritten or repacked and the graph runs as captured.
+M bucket and why the others were not) and every candidate matmul left alone, with the reason.  The
+passes build these records; the driver that runs a model to collect them is :mod:`awq_compile.explaining`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["explain", "Report", "LayerReport", "SkipReport"]
+__all__ = ["Report", "LayerReport", "SkipReport"]
 
 
 @dataclasses.dataclass
@@ -82,30 +81,3 @@ def _table(rows):
         if j == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return out
-
-
-def explain(model, *args, target=None, options: dict | None = None, **kwargs) -> Report:
-    """Run ``model(*args, **kwargs)`` once under Dynamo with the backend in analysis mode.
-
-    ``target`` (e.g. ``"hip:gfx942"``) asks what would be chosen for that hardware; by default the
-    target is detected from the weights' device, as in a real compile.  The model is not modified.
-    """
-    import torch
-
-    from .backend import awq_backend
-
-    report = Report()
-    opts = dict(options or {})
-    opts.update(analysis_only=True, inductor=False, report_sink=report)
-    if target is not None:
-        opts["target"] = target
-
-    def backend(gm, example_inputs):
-        return awq_backend(gm, example_inputs, options=opts)
-
-    # A fresh backend callable recompiles the model's frames; lift the recompile limit so repeated
-    # explains of one model never fall back to eager (which would report nothing).
-    with torch._dynamo.config.patch(recompile_limit=10_000, accumulated_recompile_limit=100_000), \
-            torch.no_grad():
-        torch.compile(model, backend=backend)(*args, **kwargs)
-    return report

@@ -1,18 +1,17 @@
-"""Pass 1: bind each placeholder / get_attr to its real tensor and decide which ones are weights.
+"""Analysis step 1: bind each placeholder / get_attr to its real value and decide which ones are weights.
 
 A weight is a parameter or buffer: Dynamo marks those example inputs with ``_dynamo_static_input_type``
 (or they are ``nn.Parameter``s, or their source names a module attribute); ``get_attr`` nodes (Inductor
-freezing) are constants by construction.  Everything else is a runtime input, and a matmul weight
-computed from a runtime input is never rewritten.
+freezing, ``torch.export``) are constants by construction.  Everything else is a runtime input, and a
+matmul weight computed from a runtime input is never rewritten.  Symbolic sizes (``SymInt``
+placeholders of a dynamic graph) are bound to the example's concrete value.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .context import PassContext
-
-_WEIGHT_SOURCE_HINTS = ("_parameters[", "_buffers[", ".weight", "qweight", "qzeros", "scales")
+from .records import Bindings
 
 
 def _is_static(node, value) -> bool:
@@ -27,18 +26,23 @@ def _is_static(node, value) -> bool:
     return any(h in name for h in ("_parameters[", "_buffers["))
 
 
-def bind_inputs(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+def bind_inputs(gm: torch.fx.GraphModule, example_inputs, *, static_names=()) -> Bindings:
+    """``static_names``: placeholder names known to be weights (``torch.export``'s parameters/buffers)."""
+    values, static = {}, set()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, value in zip(placeholders, ctx.example_inputs):
-        ctx.values[node] = value
-        if _is_static(node, value):
-            ctx.static.add(node)
+    for node, value in zip(placeholders, example_inputs):
+        values[node] = value
+        if _is_static(node, value) or node.name in static_names:
+            static.add(node)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             obj = gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
+            try:
+                for part in node.target.split("."):
+                    obj = getattr(obj, part)
+            except AttributeError:
+                continue
             if isinstance(obj, torch.Tensor):
-                ctx.values[node] = obj
-                ctx.static.add(node)
-    return gm
+                values[node] = obj
+                static.add(node)
+    return Bindings.of(values, static)

@@ -1,4 +1,4 @@
-"""Pass 2: find the matmuls whose weight is a verified 4-bit dequantisation.
+"""Analysis step 2: find the matmuls whose weight is a verified 4-bit dequantisation.
 
 Matching is semantic rather than syntactic.  Real code spells the AWQ dequant in dozens of ways
 (``>>`` or ``bitwise_right_shift``, int8/int32/int64 codes, ``repeat_interleave`` or broadcasting,
@@ -20,9 +20,11 @@ import re
 
 import torch
 
+from ..options import Options
+from ..runtime.weights import digest
 from ._verify import Verified, compare, probe_tensors, verify_weight
 from ._weight_subgraph import evaluate, matmul_site, weight_subgraph
-from .context import AwqMatch, PassContext, log
+from .records import AwqMatch, Bindings, Skips, log
 
 
 def _module_path(source_name: str) -> str | None:
@@ -92,20 +94,25 @@ def _check_probe(sub, site, v: Verified, values: dict) -> str | None:
     return compare(W, v.fmt, qw, qz, s)
 
 
-def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+def find_awq_linears(gm: torch.fx.GraphModule, bindings: Bindings, options: Options, graph_index: int = 0
+                     ) -> tuple[tuple[AwqMatch, ...], tuple]:
+    """The verified matches (graph order) and the refusals (``SkipReport``) of one graph."""
+    skips = Skips(options, graph_index)
+    matches: list[AwqMatch] = []
+    values = bindings.values
     for node in list(gm.graph.nodes):
         site = matmul_site(node)
         if site is None:
             continue
         name = _display_name(node)
         if isinstance(site, str):
-            ctx.skip(node, name, site)
+            skips.add(node, name, site)
             continue
-        sub = weight_subgraph(site.weight, ctx.static, ctx.values, before=node)
+        sub = weight_subgraph(site.weight, bindings.static, values, before=node)
         if sub.reason:
-            ctx.skip(node, name, sub.reason)
+            skips.add(node, name, sub.reason)
             continue
-        leaves = {leaf: ctx.values[leaf] for leaf in sub.leaves}
+        leaves = {leaf: values[leaf] for leaf in sub.leaves}
         looks_quantized = any(t.dtype == torch.int32 for t in leaves.values())
         runtime = ", ".join(f"'{n.name}'" for n in sub.inputs)
         runtime_reason = (f"the weight depends on the runtime input {runtime} (a graph input that is not a "
@@ -113,42 +120,42 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
                           "computed only from the model's tensors")
         if not sub.nodes:
             if sub.inputs:
-                ctx.skip(node, name, runtime_reason)
+                skips.add(node, name, runtime_reason)
                 continue
             kinds = {_dtype(t) for t in leaves.values()}
-            ctx.skip(node, name, f"not quantized: the weight is a plain {', '.join(sorted(kinds))} "
+            skips.add(node, name, f"not quantized: the weight is a plain {', '.join(sorted(kinds))} "
                                  "tensor, no dequantisation (expected one computed from int32 packed 4-bit codes)")
             continue
         if not looks_quantized:
             if sub.inputs:
-                ctx.skip(node, name, runtime_reason)
+                skips.add(node, name, runtime_reason)
                 continue
             kinds = ", ".join(sorted({_dtype(t) for t in leaves.values()}))
-            ctx.skip(node, name, f"not quantized: the weight is computed from {kinds} tensors, "
+            skips.add(node, name, f"not quantized: the weight is computed from {kinds} tensors, "
                                  "no int32 packed codes (expected int32-packed 4-bit AWQ or GPTQ layouts)")
             continue
         try:
-            W = evaluate(sub, ctx.values)
+            W = evaluate(sub, values)
         except Exception as e:  # noqa: BLE001 - any failure means: not ours
-            ctx.skip(node, name, f"evaluating the weight computation on the real tensors failed "
+            skips.add(node, name, f"evaluating the weight computation on the real tensors failed "
                                  f"({type(e).__name__}: {e}); expected it to run on the model's own tensors",
                      quantized_looking=True)
             continue
         W = _oriented(W, site.orientation)
         if not isinstance(W, torch.Tensor):
-            ctx.skip(node, name, f"expected the weight computation to produce a tensor, found {type(W).__name__}")
+            skips.add(node, name, f"expected the weight computation to produce a tensor, found {type(W).__name__}")
             continue
         verdict = verify_weight(W, leaves)
         if isinstance(verdict, str):
-            ctx.skip(node, name, runtime_reason if sub.inputs else verdict, quantized_looking=True)
+            skips.add(node, name, runtime_reason if sub.inputs else verdict, quantized_looking=True)
             continue
         roles = {verdict.qweight, verdict.qzeros, verdict.scales}
         if any(n not in roles for n in sub.inputs):
-            ctx.skip(node, name, runtime_reason, quantized_looking=True)
+            skips.add(node, name, runtime_reason, quantized_looking=True)
             continue
-        miss = _check_probe(sub, site, verdict, ctx.values)
+        miss = _check_probe(sub, site, verdict, values)
         if miss is not None:
-            ctx.skip(node, name, f"the weight equals the {verdict.fmt.name} dequantisation of the tensors seen at "
+            skips.add(node, name, f"the weight equals the {verdict.fmt.name} dequantisation of the tensors seen at "
                                  f"compile time but not of other {verdict.fmt.name} weights, so it is not that "
                                  "dequantisation in general (the example tensors do not pin the computation "
                                  "down, e.g. all-zero buffers of a model compiled before its checkpoint was "
@@ -159,27 +166,29 @@ def find_awq_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Gra
         x_val = site.x.meta.get("example_value")
         act_dtype = x_val.dtype if isinstance(x_val, torch.Tensor) else W.dtype
         if act_dtype != W.dtype:
-            ctx.skip(node, name, f"the activation is {_dtype(x_val)} but the dequantised weight is {_dtype(W)}; "
+            skips.add(node, name, f"the activation is {_dtype(x_val)} but the dequantised weight is {_dtype(W)}; "
                                  "expected both of one dtype (cast the input or the scales)", quantized_looking=True)
             continue
         if site.bias is not None:
             bias_val = site.bias.meta.get("example_value")
             if isinstance(bias_val, torch.Tensor) and tuple(bias_val.shape) != (W.shape[1],):
-                ctx.skip(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
+                skips.add(node, name, f"the bias has shape {tuple(bias_val.shape)}, expected [{W.shape[1]}] (one "
                                      "value per output feature)", quantized_looking=True)
                 continue
-        _record(ctx, site, sub, verdict, W, act_dtype)
-    return gm
+        matches.append(_record(values, site, sub, verdict, W, act_dtype))
+    return tuple(matches), tuple(skips.items)
 
 
-def _record(ctx: PassContext, site, sub, v: Verified, W, act_dtype) -> None:
+def _record(values, site, sub, v: Verified, W, act_dtype) -> AwqMatch:
     roles = {v.qweight, v.qzeros, v.scales}
     aux = [leaf for leaf in sub.leaves if leaf not in roles]
     name = layer_name(site.node, v.qweight)
     K, N = W.shape
-    ctx.matches.append(AwqMatch(
+    match = AwqMatch(
         matmul=site.node, x=site.x, bias=site.bias, qweight=v.qweight, qzeros=v.qzeros, scales=v.scales,
-        aux=aux, fmt=v.fmt.name, K=K, N=N, group_size=v.group_size, act_dtype=act_dtype, name=name,
-        exact=v.exact))
+        aux=tuple(aux), fmt=v.fmt.name, K=K, N=N, group_size=v.group_size, act_dtype=act_dtype, name=name,
+        exact=v.exact, weight_nodes=tuple(sub.nodes),
+        aux_digest=digest([values[a] for a in aux]) if aux else "")
     log.debug("matched %s: %s K=%d N=%d G=%d %s (%d nodes, aux %s)", name, v.fmt.name, K, N, v.group_size,
               "bit-exact" if v.exact else "within rounding", len(sub.nodes), [a.name for a in aux])
+    return match

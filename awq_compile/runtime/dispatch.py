@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats.awq import unpack_n_sequential
-from ..formats.standard import dequantize_standard, unpack_k
+from ..formats.standard import dequantize_standard
 from ..kernels.registry import KERNELS, Plan, PlanEntry
 from ..kernels.problem import Problem
 from .weights import Prepared
@@ -14,7 +13,7 @@ __all__ = ["run_entry", "entry_for_device"]
 
 
 def _torch_dequant(x2d, prepared: Prepared, std, bias):
-    q, qz, s = std
+    q, qz, s = std.qweight, std.qzeros, std.scales
     if x2d.device.type == "cpu":
         # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
         w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
@@ -25,19 +24,8 @@ def _torch_dequant(x2d, prepared: Prepared, std, bias):
 
 
 def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
-    form = prepared.extra.get(("cpu_int4pack", x2d.dtype))
-    if form is None:
-        q, qz, s = std
-        codes = unpack_k(q)                                    # [K, N] uint8
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes.t().contiguous().to(torch.int32), 1)
-        s32 = s.to(torch.float32)
-        z = 8.0 if qz is None else unpack_n_sequential(qz).to(torch.float32)
-        # tinygemm computes (q - 8) * scale + zero, so zero = (8 - z) * scale
-        scale_zero = torch.stack([s32, (8.0 - z) * s32], dim=-1).to(x2d.dtype).contiguous()
-        form = (packed, scale_zero)
-        prepared.extra[("cpu_int4pack", x2d.dtype)] = form
-    packed, scale_zero = form
-    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), packed, prepared.group_size, scale_zero)
+    form = prepared.form("cpu_int4pack", std.qweight, std.scales, std.qzeros, x2d.dtype)
+    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), form.qweight, form.group_size, form.scales)
     return out if bias is None else out + bias
 
 
@@ -45,7 +33,7 @@ def _triton(kernel_id):
     def run(x2d, prepared: Prepared, std, bias, cfg):
         from ..kernels import triton_w4a16
 
-        q, qz, s = std
+        q, qz, s = std.qweight, std.qzeros, std.scales
         out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
         return triton_w4a16.launch(kernel_id, x2d.contiguous(), q, qz, s, bias, out, prepared.group_size, cfg)
     return run
