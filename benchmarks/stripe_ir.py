@@ -21,12 +21,13 @@ def compile_config(cfg: StripeConfig, target: Target, M=16, N=14336, K=4096, G=1
 
     ptr = "*" + dtype
     sig = {"x_ptr": ptr, "qw_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": ptr, "bias_ptr": ptr, "out_ptr": ptr,
-           "ws_ptr": "*fp32", "lock_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+           "ws_ptr": "*fp32", "lock_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "C_MAX": "i32", "stride_xm": "i32",
            "stride_qk": "i32", "stride_zg": "i32", "stride_sg": "i32", "stride_om": "i32"}
     consts = dict(GROUP_SIZE=G, HAS_ZEROS=True, HAS_BIAS=False, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
                   BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES, KPERM=cfg.KPERM,
                   EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
-                  PAIRS=cfg.PAIRS, ASM=cfg.PAIRS, UPCAST=False)
+                  PAIRS=cfg.PAIRS, ASM=cfg.PAIRS, SLOTS=cfg.SLOTS,
+                  FENCE=cfg.SLOTS, UPCAST=False)
     for k in consts:
         sig[k] = "constexpr"
     names = list(sig)
@@ -60,6 +61,9 @@ def summarise(c) -> dict:
 
 VARIANTS = {
     "dot16": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=4),
+    "m1_pairs_n256": StripeConfig(BLOCK_M=16, BLOCK_N=256, STAGES=3, PER_SM=2, PAIRS=True),
+    "m64_pairs": StripeConfig(BLOCK_M=64, BLOCK_N=128, STAGES=3, PER_SM=2, PAIRS=True),
+    "m256_pairs_in": StripeConfig(BLOCK_M=64, BLOCK_N=256, STAGES=3, PAIRS=True, SCALE_IN=True, num_warps=8),
     "dot16_pairs": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=3, PAIRS=True),
     "dot16_pairs_nt": StripeConfig(BLOCK_M=16, BLOCK_N=128, STAGES=3, PAIRS=True, TRANS=False),
     "dot128_pairs_in": StripeConfig(BLOCK_M=128, BLOCK_N=128, STAGES=3, PAIRS=True, SCALE_IN=True, num_warps=8),

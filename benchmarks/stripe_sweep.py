@@ -120,18 +120,52 @@ def configs_v3(M: int):
     return out
 
 
+def configs_v4(M: int):
+    """Sweep 4: per-contributor slot reduction (SLOTS, plain stores) against fp32 atomics, on sweep 3's
+    winners, and more programs per SM now that a split tile costs no atomics."""
+    C = StripeConfig
+    out = []
+    if M == 1:
+        for ps in (2, 3, 4):
+            out.append(C(BLOCK_M=16, BLOCK_N=256, STAGES=3, PER_SM=ps, PAIRS=True))
+        out.append(C(BLOCK_M=16, BLOCK_N=256, STAGES=3, PER_SM=2, PAIRS=True, SLOTS=False))
+        out.append(C(BLOCK_M=16, BLOCK_N=256, STAGES=4, PER_SM=2, PAIRS=True))
+        out.append(C(BLOCK_M=16, BLOCK_N=128, STAGES=3, PER_SM=3, PAIRS=True))
+        out.append(C(BLOCK_M=16, BLOCK_N=256, STAGES=3, PER_SM=2, KPERM=True, TRANS=False))
+        out.append(C(BLOCK_M=1, BLOCK_N=128, DOT=False, STAGES=4, PER_SM=4, KPERM=True))
+        out.append(C(BLOCK_M=1, BLOCK_N=128, DOT=False, STAGES=4, PER_SM=4, KPERM=True, SLOTS=False))
+    elif M <= 32:
+        bm = 16 if M <= 16 else 32
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True))
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True, SLOTS=False))
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=3, KPERM=True))
+        for bn, ps in ((128, 2), (256, 2), (128, 3), (256, 3)):
+            out.append(C(BLOCK_M=bm, BLOCK_N=bn, STAGES=3, PER_SM=ps, PAIRS=True))
+        out.append(C(BLOCK_M=bm, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True, TRANS=False))
+    elif M <= 64:
+        out.append(C(BLOCK_M=64, BLOCK_N=128, STAGES=3, PER_SM=2, PAIRS=True))
+        out.append(C(BLOCK_M=64, BLOCK_N=128, STAGES=3, PER_SM=2, PAIRS=True, SLOTS=False))
+        out.append(C(BLOCK_M=64, BLOCK_N=128, STAGES=3, PER_SM=2, KPERM=True))
+        out.append(C(BLOCK_M=32, BLOCK_N=128, STAGES=3, PER_SM=2, PAIRS=True))
+    else:
+        out.append(C(BLOCK_M=64, BLOCK_N=256, STAGES=3, PER_SM=1, PAIRS=True, SCALE_IN=True, num_warps=8))
+        out.append(C(BLOCK_M=128, BLOCK_N=256, STAGES=3, PER_SM=1, PAIRS=True, SCALE_IN=True, num_warps=8))
+    return out
+
+
 def short(c: StripeConfig) -> str:
     body = "dot" if c.DOT else "fma"
     return (f"{body} m{c.BLOCK_M} n{c.BLOCK_N} k{c.BLOCK_K} st{c.STAGES} x{c.PER_SM}/SM w{c.num_warps}"
             + (" kperm" if c.KPERM else "") + ("" if c.TRANS or not c.DOT else " nt")
-            + (" wide" if c.WIDE else "") + (" pairs" if c.PAIRS else "") + (" in" if c.SCALE_IN else ""))
+            + (" wide" if c.WIDE else "") + (" pairs" if c.PAIRS else "") + (" in" if c.SCALE_IN else "")
+            + ("" if c.SLOTS else " atomic"))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="1,16,64")
-    ap.add_argument("--set", default="v3", choices=("small", "large", "all", "v2", "v3"))
+    ap.add_argument("--set", default="v3", choices=("small", "large", "all", "v2", "v3", "v4"))
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--stress", type=int, default=20)
@@ -159,7 +193,7 @@ def main(argv=None):
                 x = torch.randn(M, K, dtype=dtype, device="cuda")
                 ref = x.double() @ w64
                 best = None
-                sets = dict(v2=configs_v2, v3=configs_v3)
+                sets = dict(v2=configs_v2, v3=configs_v3, v4=configs_v4)
                 for cfg in (sets[args.set](M) if args.set in sets else configs_for(M, args.set)):
                     why = check_config(cfg, K=K, N=N, group_size=G)
                     if why:

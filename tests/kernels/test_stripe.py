@@ -67,9 +67,11 @@ FMA = StripeConfig(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, DOT=False, STAGES=2, PER_S
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, PER_SM=1), 3, 5),
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, TRANS=False, PER_SM=1), 17, 3),
     (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, TRANS=False, SCALE_IN=True, PER_SM=1), 2, 4),
+    (StripeConfig(BLOCK_M=16, BLOCK_N=32, PAIRS=True, SLOTS=False, PER_SM=1), 5, 5),
+    (StripeConfig(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, DOT=False, SLOTS=False, PER_SM=1), 1, 7),
 ], ids=["dot-m3-meet", "dot-m17", "dot-m1-perunit", "fma-m1", "fma-m2-one-program", "dot-kperm",
         "dot-nt-m17", "dot-scalein-kperm", "dot-nt-scalein", "dot-wide", "dot-wide-scalein",
-        "dot-pairs", "dot-pairs-nt", "dot-pairs-nt-scalein"])
+        "dot-pairs", "dot-pairs-nt", "dot-pairs-nt-scalein", "dot-atomic", "fma-atomic"])
 def test_stripe_matches_float64(cfg, M, sms, dtype):
     _check(cfg, M, 384, 72, 128, dtype, zeros=True, bias=True, sms=sms)
 

@@ -56,6 +56,8 @@ class StripeConfig:
                                 # once like the user's dequant) instead of the fp32 partial after it
     PAIRS: bool = False         # DOT, weights in the kpairs layout: four dots of K = BLOCK_K / 4 per K tile, two
                                 # nibbles decoded per 32-bit operation into one operand register
+    SLOTS: bool = True          # partial tiles reduce through per-contributor slots (plain stores, deterministic)
+                                # instead of fp32 atomics into a zeroed workspace
     WIDE: bool = False          # DOT + TRANS, standard layout: one dot of K = BLOCK_K per K tile (all nibbles of a
                                 # word side by side) instead of eight plane dots of K = BLOCK_K / 8
     num_warps: int = 4
@@ -145,6 +147,15 @@ def _pair_asm(src, zm2, s2, ACT: tl.constexpr, SCALE: tl.constexpr):
 
 
 @triton.jit
+def _fence_gpu(FENCE: tl.constexpr):
+    """``fence.acq_rel.gpu`` in every thread (NVIDIA); nothing under the interpreter, which runs programs
+    one after another."""
+    if FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, 0;", "=r,r", [tl.zeros((1,), tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _offset32(I: tl.constexpr):
     """The ``2**(23-P)`` that ``_plane32`` adds to nibble I."""
     if I >= 5:
@@ -161,12 +172,12 @@ def _owner(u, U, P):
 
 @triton.jit
 def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
-                   M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+                   M, N, K, C_MAX, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    DOT: tl.constexpr, STAGES: tl.constexpr, KPERM: tl.constexpr, EVEN_N: tl.constexpr,
                    TRANS: tl.constexpr, SCALE_IN: tl.constexpr, WIDE: tl.constexpr, PAIRS: tl.constexpr,
-                   ASM: tl.constexpr, UPCAST: tl.constexpr):
+                   ASM: tl.constexpr, SLOTS: tl.constexpr, FENCE: tl.constexpr, UPCAST: tl.constexpr):
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     BK8: tl.constexpr = BLOCK_K // 8
     pid = tl.program_id(0)
@@ -381,16 +392,40 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
         if not whole:
             first = _owner(tile * KT, U, P)
             last = _owner(tile * KT + KT - 1, U, P)
-            tl.atomic_add(ws_ptr + w_off, acc, mask=o_mask, sem="relaxed")
-            # every thread's adds performed at gpu scope before this program takes its ticket
-            tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="release")
-            tl.debug_barrier()
-            ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
-            done = ticket == last - first
-            if done:
-                acc = tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="acquire")
-                tl.store(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask)
-                tl.atomic_xchg(lock_ptr + tile, 0)
+            if SLOTS:
+                # every contributor stores its partial in its own slot (plain stores, no atomics on data); the
+                # last to take the tile's ticket sums the slots in program order (the same sum on every call)
+                if DOT:
+                    if TRANS:
+                        loc = offs_bm[None, :] * BLOCK_N + offs_bn[:, None]
+                    else:
+                        loc = offs_bm[:, None] * BLOCK_N + offs_bn[None, :]
+                else:
+                    loc = offs_bn
+                TILE: tl.constexpr = BLOCK_M * BLOCK_N
+                slot0 = ws_ptr + tile * C_MAX * TILE
+                tl.store(slot0 + (pid - first) * TILE + loc, acc)
+                _fence_gpu(FENCE)            # this thread's partial is visible at gpu scope before the ticket
+                tl.debug_barrier()
+                ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+                done = ticket == last - first
+                if done:
+                    _fence_gpu(FENCE)
+                    acc = tl.zeros_like(acc)
+                    for j in range(0, last - first + 1):
+                        acc += tl.load(slot0 + j * TILE + loc, cache_modifier=".cg")
+                    tl.atomic_xchg(lock_ptr + tile, 0)
+            else:
+                tl.atomic_add(ws_ptr + w_off, acc, mask=o_mask, sem="relaxed")
+                # every thread's adds performed at gpu scope before this program takes its ticket
+                tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="release")
+                tl.debug_barrier()
+                ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+                done = ticket == last - first
+                if done:
+                    acc = tl.atomic_add(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask, sem="acquire")
+                    tl.store(ws_ptr + w_off, tl.zeros_like(acc), mask=o_mask)
+                    tl.atomic_xchg(lock_ptr + tile, 0)
         if done:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + b_idx, mask=b_idx < N, other=0.0).to(tl.float32)
@@ -404,8 +439,9 @@ class _Workspace:
     def __init__(self):
         self._bufs: dict = {}
 
-    def get(self, device, numel: int, tiles: int):
-        key = (device.type, device.index)
+    def get(self, device, numel: int, tiles: int, kind: str):
+        """``kind`` "atomic" buffers are kept zeroed; "slots" buffers hold garbage between calls (never mix)."""
+        key = (device.type, device.index, kind)
         ws, lock = self._bufs.get(key, (None, None))
         if ws is None or ws.numel() < numel or lock.numel() < tiles:
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -466,16 +502,23 @@ def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: Stri
     if (tiles * (K // cfg.BLOCK_K) + 1) * P >= 2 ** 31:
         raise ValueError(f"stripe_linear: {tiles} tiles x {K // cfg.BLOCK_K} K tiles on {P} programs "
                          "overflows 32-bit unit arithmetic")
-    ws, lock = _workspace().get(x2d.device, triton.cdiv(M, cfg.BLOCK_M) * cfg.BLOCK_M * N, tiles)
+    units = tiles * (K // cfg.BLOCK_K)
+    c_max = triton.cdiv(K // cfg.BLOCK_K, max(units // P, 1)) + 1     # programs that can meet in one tile
+    if cfg.SLOTS:
+        ws_numel = tiles * c_max * cfg.BLOCK_M * cfg.BLOCK_N
+    else:
+        ws_numel = triton.cdiv(M, cfg.BLOCK_M) * cfg.BLOCK_M * N
+    ws, lock = _workspace().get(x2d.device, ws_numel, tiles, "slots" if cfg.SLOTS else "atomic")
     _stripe_kernel[(P,)](
         x2d, qweight, qzeros if qzeros is not None else qweight, scales,
         bias if bias is not None else scales, out, ws, lock,
-        M, N, K, x2d.stride(0), qweight.stride(0),
+        M, N, K, c_max, x2d.stride(0), qweight.stride(0),
         qzeros.stride(0) if qzeros is not None else 0, scales.stride(0), out.stride(0),
         GROUP_SIZE=group_size, HAS_ZEROS=qzeros is not None, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES,
         KPERM=cfg.KPERM, EVEN_N=N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS, SCALE_IN=cfg.SCALE_IN, WIDE=cfg.WIDE,
-        PAIRS=cfg.PAIRS, ASM=bool(cfg.PAIRS and asm and not interpret),
+        PAIRS=cfg.PAIRS, ASM=bool(cfg.PAIRS and asm and not interpret), SLOTS=cfg.SLOTS,
+        FENCE=bool(cfg.SLOTS and not interpret),
         UPCAST=bool(interpret and x2d.dtype == torch.bfloat16),
         num_warps=cfg.num_warps, num_stages=1)
     return out
