@@ -398,13 +398,16 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                 if DOT:
                     if TRANS:
                         loc = offs_bm[None, :] * BLOCK_N + offs_bn[:, None]
+                        l_mask = mask_m[None, :]       # rows past M (small-M padding): not stored, not read
                     else:
                         loc = offs_bm[:, None] * BLOCK_N + offs_bn[None, :]
+                        l_mask = mask_m[:, None]
                 else:
                     loc = offs_bn
+                    l_mask = mask_n
                 TILE: tl.constexpr = BLOCK_M * BLOCK_N
                 slot0 = ws_ptr + tile * C_MAX * TILE
-                tl.store(slot0 + (pid - first) * TILE + loc, acc)
+                tl.store(slot0 + (pid - first) * TILE + loc, acc, mask=l_mask)
                 _fence_gpu(FENCE)            # this thread's partial is visible at gpu scope before the ticket
                 tl.debug_barrier()
                 ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
@@ -413,7 +416,7 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                     _fence_gpu(FENCE)
                     acc = tl.zeros_like(acc)
                     for j in range(0, last - first + 1):
-                        acc += tl.load(slot0 + j * TILE + loc, cache_modifier=".cg")
+                        acc += tl.load(slot0 + j * TILE + loc, mask=l_mask, other=0.0, cache_modifier=".cg")
                     tl.atomic_xchg(lock_ptr + tile, 0)
             else:
                 tl.atomic_add(ws_ptr + w_off, acc, mask=o_mask, sem="relaxed")
