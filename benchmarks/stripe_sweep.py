@@ -194,7 +194,8 @@ def main(argv=None):
     dev = torch.cuda.get_device_properties(0)
     sms = dev.multi_processor_count
     import triton
-    meta = dict(date=datetime.datetime.utcnow().isoformat(timespec="minutes"), device=dev.name, sms=sms,
+    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+                device=dev.name, sms=sms,
                 torch=torch.__version__, triton=triton.__version__)
     print(f"# {meta}", flush=True)
     rows = []
