@@ -77,16 +77,13 @@ def _with_weight_check(compiled, gm, analysis: Analysis):
     allocate from the graph's private pool; so new or modified weight tensors are found here, outside
     Inductor's wrapper, with a cheap identity + version comparison against the previous call.
     """
+    from .passes.prepack_weights import weight_units
     from .runtime.weights import watch_signature, weight_cache
 
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
-    specs = []
-    for m in analysis.matches:
-        roles = [m.qweight, m.qzeros, m.scales, *m.aux]
-        if not all(r is None or r in index for r in roles):
-            continue  # get_attr weights are constants of this graph: prepacked already
-        specs.append((m.fmt, [None if r is None else index[r] for r in roles], m.aux_digest, m.name))
-    watched = sorted({i for _, idx, _, _ in specs for i in idx if i is not None})
+    constants = analysis.bindings.values  # get_attr weights: constants of this graph, prepacked already
+    units = weight_units(analysis)
+    watched = sorted({index[n] for u in units for n in u.nodes() if n in index})
     if not watched:
         return compiled
     last: list = [None]
@@ -96,9 +93,8 @@ def _with_weight_check(compiled, gm, analysis: Analysis):
         sig = watch_signature([args[i] for i in watched])
         if sig != last[0]:
             cache = weight_cache()
-            for fmt, idx, digest, name in specs:
-                t = [None if i is None else args[i] for i in idx]
-                cache.get(fmt, t[0], t[1], t[2], t[3:], aux_digest=digest, layer=name, reuse=reuse)
+            for unit in units:
+                unit.prepare(cache, lambda n: args[index[n]] if n in index else constants[n], reuse)
             last[0] = sig
 
     def run(*args):  # Dynamo calls the backend's result with the graph's inputs as positional arguments

@@ -19,6 +19,7 @@ def report_of(report: Report, analysis) -> Report:
     report.graphs += 1
     report.layers.extend(analysis.reports)
     report.skipped.extend(analysis.skipped)
+    report.merged.extend(analysis.merge_reports)
     return report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Report", "LayerReport", "SkipReport"]
+__all__ = ["Report", "LayerReport", "SkipReport", "MergeReport"]
 
 
 @dataclasses.dataclass
@@ -26,6 +26,7 @@ class LayerReport:
     exact: bool = True               # bit-exact verification (else equal within rounding)
     graph: int = 0
     node: str = ""
+    configs: dict = dataclasses.field(default_factory=dict)   # "M lo..hi" -> kernel with its config
 
 
 @dataclasses.dataclass
@@ -37,19 +38,33 @@ class SkipReport:
 
 
 @dataclasses.dataclass
+class MergeReport:
+    """Layers that read one input and run as one launch over their concatenated N."""
+
+    name: str                        # "layers.0.self_attn.q_proj+k_proj+v_proj"
+    parts: tuple                     # the member layers' names, in order
+    in_features: int
+    out_features: int                # the sum of the parts' N
+    kernel: str                      # kernel for the M seen while explaining
+    kernels: dict                    # "M lo..hi" -> kernel id, the whole plan of the merged problem
+    graph: int = 0
+
+
+@dataclasses.dataclass
 class Report:
     target: Any = None
     layers: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
+    merged: list = dataclasses.field(default_factory=list)
     graphs: int = 0
 
     def __str__(self) -> str:
         lines = [f"awq_compile explain -- target {self.target}, {self.graphs} graph(s), "
                  f"{len(self.layers)} AWQ layer(s), {len(self.skipped)} matmul(s) left alone"]
         if self.layers:
-            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel)")]
+            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel config)")]
             for lay in self.layers:
-                plan = ", ".join(f"{m}: {k}" for m, k in lay.kernels.items())
+                plan = ", ".join(f"{m}: {lay.configs.get(m, k)}" for m, k in lay.kernels.items())
                 rows.append((lay.name, str(lay.in_features), str(lay.out_features), str(lay.group_size),
                              lay.format + ("" if lay.exact else "~"), lay.kernel, plan))
             lines += _table(rows)
@@ -62,6 +77,11 @@ class Report:
                 for (k, why), names in rejected.items():
                     who = names[0] if len(names) == 1 else f"{len(names)} layers"
                     lines.append(f"  {k} ({who}): {why}")
+            if self.merged:
+                lines.append("merged (one launch each, outputs split as views):")
+                for g in self.merged:
+                    plan = ", ".join(f"{m}: {k}" for m, k in g.kernels.items())
+                    lines.append(f"  {g.name} [{g.in_features} -> {g.out_features}]: {g.kernel}; plan {plan}")
             if any(not lay.exact for lay in self.layers):
                 lines.append("~ verified equal within floating-point rounding (the graph rounds differently)")
         if self.skipped:

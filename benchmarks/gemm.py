@@ -122,7 +122,7 @@ def bench_shape(K, N, ms, columns, log=print, dtype=torch.float16, peers=None):
         x = torch.randn(M, K, dtype=dtype, device="cuda")
         ref = x.double() @ w64
         row = dict(K=K, N=N, M=M, R=R, dtype=dname, plan_kernel=plan.entry_for(M).kernel,
-                   plan_config=dict(plan.entry_for(M).config))
+                   plan_config=plan.entry_for(M).config_dict)
         flops = 2.0 * M * K * N
 
         def record(name, calls, check, nbytes, ref_=ref):

@@ -5,12 +5,14 @@ Analysis (:func:`analyze`, no change to the graph; ``explain`` runs it alone):
 1. bind_inputs          placeholders/get_attrs -> real values; which are weights
 2. find_awq_linears     matmuls whose weight verifies as a 4-bit dequantisation (frozen ``AwqMatch``es)
 3. select_kernels       the plan request per layer, and the plan for the example shape (report, check)
+4. group_projections    which layers read the same input and can run as one launch
 
 Transformations (:data:`TRANSFORMS`, in this order, each ``fn(gm, analysis) -> gm``):
 
 1. rewrite_awq_linears  matmul -> torch.ops.awq_compile.w4a16_linear on the source tensors
-2. prepack_weights      repack the example weights into the runtime cache now
-3. eliminate_dead_code  remove the dequant nodes left unused (those only)
+2. merge_projections    layers that read one input (q/k/v, gate/up) -> one w4a16_linear_merged launch
+3. prepack_weights      repack the example weights into the runtime cache now
+4. eliminate_dead_code  remove the dequant nodes left unused (those only)
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 
 from .analysis import analyze
 from .eliminate_dead_code import eliminate_dead_code
+from .merge_projections import merge_projections
 from .prepack_weights import prepack_weights
-from .records import Analysis, AwqMatch, Bindings, PlannedLayer
+from .records import Analysis, AwqMatch, Bindings, MergedGroup, PlannedLayer
 from .rewrite_awq_linears import rewrite_awq_linears
 
-TRANSFORMS = (rewrite_awq_linears, prepack_weights, eliminate_dead_code)
+TRANSFORMS = (rewrite_awq_linears, merge_projections, prepack_weights, eliminate_dead_code)
 
-__all__ = ["TRANSFORMS", "Analysis", "AwqMatch", "Bindings", "PlannedLayer", "PassError", "analyze", "run_passes"]
+__all__ = ["TRANSFORMS", "Analysis", "AwqMatch", "Bindings", "MergedGroup", "PlannedLayer", "PassError", "analyze", "run_passes"]
 
 
 class PassError(RuntimeError):

@@ -19,7 +19,7 @@ from ..options import Options
 from ..report import LayerReport, SkipReport
 from ..target import Target
 
-__all__ = ["Bindings", "AwqMatch", "PlannedLayer", "Analysis", "Skips", "log"]
+__all__ = ["Bindings", "AwqMatch", "PlannedLayer", "MergedGroup", "Analysis", "Skips", "log"]
 
 log = logging.getLogger("awq_compile")
 
@@ -68,6 +68,16 @@ class PlannedLayer:
 
 
 @dataclasses.dataclass(frozen=True)
+class MergedGroup:
+    """Layers that read one input and run as one launch over their concatenated N (q/k/v, gate/up)."""
+
+    members: tuple                    # indices into Analysis.layers, in graph order
+    name: str                         # "layers.0.self_attn.q_proj+k_proj+v_proj"
+    N: int                            # the sum of the members' N (of the example)
+    plan: Any                         # kernels.registry.Plan for (K, N) of the example: report and check
+
+
+@dataclasses.dataclass(frozen=True)
 class Analysis:
     graph_index: int
     target: Target
@@ -76,6 +86,8 @@ class Analysis:
     layers: tuple = ()                # PlannedLayer, in graph order
     skipped: tuple = ()               # SkipReport
     reports: tuple = ()               # LayerReport, one per layer
+    groups: tuple = ()                # MergedGroup: layers that run as one launch
+    merge_reports: tuple = ()         # MergeReport, one per group
 
     @property
     def matches(self) -> tuple:

@@ -19,11 +19,13 @@ import torch
 from ..runtime.op import w4a16_linear  # noqa: F401  (registers the op)
 from .records import Analysis
 
+LAYER_INDEX = "awq_compile_layer"
+
 
 def rewrite_awq_linears(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.GraphModule:
     op = torch.ops.awq_compile.w4a16_linear.default
     replaced: dict = {}  # erased matmul -> its replacement (a later layer's input may be an earlier layer)
-    for layer in analysis.layers:
+    for index, layer in enumerate(analysis.layers):
         m = layer.match
         x = replaced.get(m.x, m.x)
         bias = replaced.get(m.bias, m.bias)
@@ -31,6 +33,7 @@ def rewrite_awq_linears(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.f
             new = gm.graph.call_function(op, (x, m.qweight, m.qzeros, m.scales, bias, list(m.aux), m.name,
                                               m.fmt, m.group_size, layer.request, m.aux_digest))
         replaced[m.matmul] = new
+        new.meta[LAYER_INDEX] = index   # the merge transformation finds each layer's op by it
         new.meta.update({k: v for k, v in m.matmul.meta.items() if k in ("nn_module_stack", "stack_trace",
                                                                           "source_fn_stack", "example_value",
                                                                           "val")})

@@ -19,7 +19,7 @@ from ..target import Target
 from .records import PlannedLayer, Skips, log
 
 
-def _example_m(match) -> int | None:
+def example_m(match) -> int | None:
     """M of the example input, for the report only.  Never ``int()`` a symbolic size here: that would
     add a guard and specialise a ``dynamic=True`` graph to this one batch size."""
     val = match.x.meta.get("example_value", match.x.meta.get("val"))
@@ -54,16 +54,13 @@ def select_kernels(matches, target: Target, options: Options, graph_index: int =
             skips.add(m.matmul, m.name, f"no kernel can run it on {target}: {reasons}", quantized_looking=True)
             continue
         planned.append(PlannedLayer(match=m, request=request.encode(), plan=plan))
-        em = _example_m(m)
+        em = example_m(m)
         entry = plan.entry_for(em if em is not None else 1)
-        buckets, lo = {}, 1
-        for e in plan.entries:
-            buckets[f"{lo}..{'' if e.m_max is None else e.m_max}"] = e.kernel
-            lo = (e.m_max or 0) + 1
+        buckets = {rng: e.kernel for rng, e in plan.buckets()}
         reports.append(LayerReport(
             name=m.name, in_features=m.K, out_features=m.N, group_size=m.group_size, format=m.fmt,
             kernel=entry.kernel, kernels=buckets, rejected=dict(plan.rejected), exact=m.exact,
-            graph=graph_index, node=m.matmul.name))
+            graph=graph_index, node=m.matmul.name, configs={rng: e.label() for rng, e in plan.buckets()}))
         log.info("rewrote %s: %s [%d -> %d] g%d on %s: %s", m.name, m.fmt, m.K, m.N, m.group_size, target,
                  plan.describe())
     return tuple(planned), tuple(skips.items), tuple(reports)

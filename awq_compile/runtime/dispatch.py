@@ -1,15 +1,23 @@
-"""Run one plan entry: the bridge from a kernel id and config to the code that computes it."""
+"""Run one plan entry: the bridge from a kernel id and config to the code that computes it, and the rule
+for a plan meeting a device of another target family."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
 
 import torch
 
 from ..formats.standard import dequantize_standard
-from ..kernels.registry import KERNELS, Plan, PlanEntry
 from ..kernels.problem import Problem
+from ..kernels.registry import Plan, PlanEntry, plan_for_device
+from ..target import Target, detect, interpreter_active
 from .weights import Prepared
 
-__all__ = ["run_entry", "entry_for_device"]
+__all__ = ["run_entry", "plan_on_device", "device_target"]
+
+log = logging.getLogger("awq_compile")
 
 
 def _torch_dequant(x2d, prepared: Prepared, std, bias):
@@ -29,49 +37,57 @@ def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
     return out if bias is None else out + bias
 
 
-def _triton(kernel_id):
-    def run(x2d, prepared: Prepared, std, bias, cfg):
-        from ..kernels import triton_w4a16
+def _triton(x2d, prepared: Prepared, std, bias, entry: PlanEntry, target: Target):
+    from ..kernels.triton.launch import run
 
-        q, qz, s = std.qweight, std.qzeros, std.scales
-        out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
-        return triton_w4a16.launch(kernel_id, x2d.contiguous(), q, qz, s, bias, out, prepared.group_size, cfg)
-    return run
+    q, qz, s = std.qweight, std.qzeros, std.scales
+    out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
+    return run(entry.kernel, entry.config, entry.launch, x2d.contiguous(), q, qz, s, bias, out,
+               prepared.group_size, target, interpret=_interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreting() -> bool:
+    return interpreter_active()
 
 
 _RUNNERS = {
-    "torch_dequant": lambda x, p, std, b, cfg: _torch_dequant(x, p, std, b),
-    "cpu_int4pack": lambda x, p, std, b, cfg: _cpu_int4pack(x, p, std, b),
-    "triton_gemm": _triton("triton_gemm"),
-    "triton_gemv": _triton("triton_gemv"),
-    "triton_dequant_mm": _triton("triton_dequant_mm"),
+    "torch_dequant": lambda x, p, std, b: _torch_dequant(x, p, std, b),
+    "cpu_int4pack": lambda x, p, std, b: _cpu_int4pack(x, p, std, b),
 }
 
 
-def entry_for_device(plan: Plan, m: int, device: torch.device, problem: Problem) -> PlanEntry:
-    """The plan's entry for M, unless the tensors live where that kernel cannot run.
-
-    A plan made for a GPU target can meet CPU tensors (explain for ``hip:gfx942`` on a laptop, then a
-    real call); those run the CPU path -- torch's int4 kernel where it applies, else dequant + matmul.
-    """
-    entry = plan.entry_for(m)
-    on_cpu = device.type == "cpu"
-    kernel = KERNELS[entry.kernel]
-    if on_cpu and "cpu" in kernel.families:
-        return entry
-    if not on_cpu and (kernel.uses_triton or entry.kernel == "torch_dequant"):
-        return entry
-    if on_cpu:
-        from ..target import Target
-
-        if KERNELS["cpu_int4pack"].can_implement(problem.with_m(m), Target("cpu")).ok:
-            return PlanEntry(entry.m_max, "cpu_int4pack")
-    return PlanEntry(entry.m_max, "torch_dequant")
+@functools.lru_cache(maxsize=None)
+def device_target(device_type: str, index: int | None) -> Target:
+    """The target of a device the op meets (detected once per device)."""
+    return detect(torch.device(device_type, index) if index is not None else torch.device(device_type))
 
 
-def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias):
-    """Run ``entry`` on the op's source tensors, resolved to the standard layout through ``prepared``."""
+_WARNED: set = set()
+
+
+def plan_on_device(plan: Plan, device: torch.device, problem: Problem, layer: str) -> Plan:
+    """``plan`` if it was made for the family of ``device``'s target, else the registry's rule
+    (:func:`~awq_compile.kernels.registry.plan_for_device`): re-planned for the device's target, with one
+    warning per (layer, plan target, device target).  The result always carries a target."""
+    target = device_target(device.type, device.index)
+    resolved, why = plan_for_device(plan, target, problem)
+    if why:
+        key = (layer, str(plan.target), str(target))
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("awq_compile: layer '%s': %s", layer or "?", why)
+    if resolved.target is None:
+        resolved = dataclasses.replace(resolved, target=target)
+    return resolved
+
+
+def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias, *, target: Target):
+    """Run ``entry`` of a plan for ``target`` (from :func:`plan_on_device`) on the op's source tensors,
+    resolved to the standard layout through ``prepared``."""
     if bias is not None and bias.dtype != x2d.dtype:
         bias = bias.to(x2d.dtype)
     std = prepared.standard(qweight, scales, qzeros)
-    return _RUNNERS[entry.kernel](x2d, prepared, std, bias, entry.config_dict)
+    if entry.config is not None:
+        return _triton(x2d, prepared, std, bias, entry, target)
+    return _RUNNERS[entry.kernel](x2d, prepared, std, bias)

@@ -12,7 +12,10 @@
   ``aux_digest`` whenever new weights appear.
 * ``plan`` is a plan request (:mod:`.planning`: target, forced / disabled kernels), resolved here for
   the call's concrete (K, N, M) and cached, so one compiled graph serves every layer shape and batch
-  size; a fixed encoded :class:`~awq_compile.kernels.registry.Plan` is accepted too.
+  size; a fixed encoded :class:`~awq_compile.kernels.registry.Plan` is accepted too.  Either way the plan
+  records its target, and the tensors' device is checked against that target's family once per device:
+  on another family the plan is made again for the device's target and a warning names the layer
+  (:func:`.dispatch.plan_on_device`).
 
 Autograd: ``x``, ``scales`` (when it is a parameter that requires grad) and ``bias`` get gradients;
 the backward is a second opaque op, ``w4a16_linear_backward``, that reads the weights through the same
@@ -24,13 +27,14 @@ dynamic shapes).  Registration happens when this module is first imported, which
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
 
 from ..formats.sources import get_format
 from ..formats.standard import dequantize_standard
-from .dispatch import entry_for_device, run_entry
+from .dispatch import plan_on_device, run_entry
 from ..kernels.problem import Problem
 from .planning import resolve
 from .weights import weight_cache
@@ -74,6 +78,15 @@ def check_inputs(x, qweight, qzeros, scales, bias, layer: str, fmt: str, group_s
     return K, N
 
 
+@functools.lru_cache(maxsize=4096)
+def plan_for_call(plan: str, layer: str, device_type: str, device_index, problem: Problem):
+    """The plan argument resolved for ``problem`` and checked against the device, once per (plan, layer,
+    device, problem): the registry's rule re-plans (and warns once naming the layer) when the device is of
+    another target family."""
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    return plan_on_device(resolve(plan, problem, layer), device, problem, layer)
+
+
 @torch.library.custom_op("awq_compile::w4a16_linear", mutates_args=())
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
                  bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
@@ -86,8 +99,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
         return x.new_empty((*x.shape[:-1], N))
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
-    entry = entry_for_device(resolve(plan, problem, layer), M, x.device, problem)
-    out = run_entry(entry, x2d, prepared, qweight, qzeros, scales, bias)
+    resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
+    out = run_entry(resolved.entry_for(M), x2d, prepared, qweight, qzeros, scales, bias, target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
 
 

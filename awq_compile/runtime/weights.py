@@ -275,7 +275,7 @@ class WeightCache:
                                 None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros)
         if qweight.is_cuda:
             # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(qweight.device, scales.shape[1])
         with self._lock:
             entry = _Entry(sources, prepared, next(self._serial))
@@ -288,8 +288,53 @@ class WeightCache:
             self.repacks += 1
         return prepared
 
+    def get_merged(self, fmt: str, parts, *, layer: str = "") -> "MergedPrepared":
+        """One standard-layout weight for several layers that read the same input (q/k/v, gate/up):
+        ``parts`` is a list of ``(qweight, qzeros, scales)`` in the source format, concatenated
+        along N in that order.  Keyed and validated like :meth:`get` on every part's tensors, and dropped
+        when any of their storages dies; never rewritten in place (the parts live in separate storages)."""
+        sources = [t for part in parts for t in part if t is not None]
+        key = ("merged", fmt) + tuple(_ident(t) for t in sources)
+        entry = self._entries.get(key)
+        if entry is not None and entry.valid_for(sources):
+            return entry.prepared
+        src = get_format(fmt)
+        if any(t.is_inference() for t in sources):
+            self._warn_uncached(layer)
+            return _merge(src, parts)
+        q0 = parts[0][0]
+        if q0.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"awq_compile: merged layer '{layer}': its weights were not repacked before CUDA-graph capture "
+                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
+                "with these weights before capturing")
+        merged = _merge(src, parts)
+        if q0.is_cuda:
+            from ..kernels.triton.launch import reserve_workspace
+            reserve_workspace(q0.device, merged.scales.shape[1])
+        with self._lock:
+            entry = _Entry(sources, merged, next(self._serial))
+            entry.finalizers = _finalizers(_storages(sources), _on_source_death, weakref.ref(self), "entries",
+                                           key, entry.serial)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                old.detach()
+            self._entries[key] = entry
+            self.repacks += 1
+        return merged
+
     def _uncached(self, w: Packed, layer: str) -> Prepared:
         """Inference tensors: convert for this call only (see the module docstring)."""
+        self._warn_uncached(layer)
+        if w.qweight.is_cuda:
+            from ..kernels.triton.launch import reserve_workspace
+            reserve_workspace(w.qweight.device, w.N)
+        std = convert(w, "standard")
+        self.repacks += 1
+        return Prepared(w.layout, w.group_size, None if std.qweight is w.qweight else std.qweight,
+                        None if std.qzeros is w.qzeros else std.qzeros, get_format(w.layout).has_zeros)
+
+    def _warn_uncached(self, layer: str) -> None:
         if layer not in self._warned_uncached:
             self._warned_uncached.add(layer)
             log.warning(
@@ -297,13 +342,36 @@ class WeightCache:
                 "torch.inference_mode()), which carry no version counter, so an in-place reload could not be "
                 "seen; their repacked form is rebuilt on every call instead of cached (slower). Create or load "
                 "the model outside torch.inference_mode() (running it under inference mode is fine)", layer)
-        if w.qweight.is_cuda:
-            from ..kernels.triton_w4a16 import reserve_workspace
-            reserve_workspace(w.qweight.device, w.N)
-        std = convert(w, "standard")
-        self.repacks += 1
-        return Prepared(w.layout, w.group_size, None if std.qweight is w.qweight else std.qweight,
-                        None if std.qzeros is w.qzeros else std.qzeros, get_format(w.layout).has_zeros)
+
+
+@dataclasses.dataclass
+class MergedPrepared:
+    """The cache's value for a merged group: the parts' weights concatenated along N, standard layout."""
+
+    prepared: Prepared                # owns the concatenated qweight / qzeros
+    scales: torch.Tensor              # [K/G, sum N]
+    widths: tuple                     # N of each part, in order
+
+    def standard(self) -> Packed:
+        return self.prepared.standard(self.prepared.qweight, self.scales, self.prepared.qzeros)
+
+    def nbytes(self) -> int:
+        return self.prepared.nbytes() + self.scales.numel() * self.scales.element_size()
+
+
+def _merge(src, parts) -> MergedPrepared:
+    """Convert each part to the standard layout and concatenate along N (qzeros pack along N in whole
+    8-column words, so N % 8 == 0 per part keeps the words aligned)."""
+    stds = []
+    with torch.no_grad():
+        for qweight, qzeros, scales in parts:
+            G = src.qweight_rows_to_k(qweight.shape[0]) // scales.shape[0]
+            stds.append(convert(Packed(src.name, qweight, qzeros if src.has_zeros else None, scales, G), "standard"))
+        q = torch.cat([w.qweight for w in stds], dim=1)
+        z = torch.cat([w.qzeros for w in stds], dim=1) if src.has_zeros else None
+        s = torch.cat([w.scales for w in stds], dim=1)
+    return MergedPrepared(Prepared(src.name, stds[0].group_size, q, z, src.has_zeros), s,
+                          tuple(w.N for w in stds))
 
 
 _CACHE: WeightCache | None = None

@@ -102,7 +102,8 @@ def test_dead_code_after_rewrite_removes_the_dequant_only(captured):
 
 
 def test_the_transformations_in_order():
-    assert [p.__name__ for p in TRANSFORMS] == ["rewrite_awq_linears", "prepack_weights", "eliminate_dead_code"]
+    assert [p.__name__ for p in TRANSFORMS] == ["rewrite_awq_linears", "merge_projections", "prepack_weights",
+                                               "eliminate_dead_code"]
 
 
 def test_run_passes_names_the_failing_pass(captured):

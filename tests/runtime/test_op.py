@@ -37,11 +37,18 @@ def test_cpu_paths_match_float64(dtype, kernel, symmetric):
     assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
-def test_plan_for_gpu_target_still_runs_on_cpu_tensors():
+def test_plan_for_gpu_target_runs_on_cpu_tensors_replanned_with_a_warning(caplog):
+    import logging
+
     u, (q, qz, s) = make()
     plan = select(Problem(256, 64, 64, True, "float16"), Target.parse("hip:gfx942")).encode()
     x = torch.randn(3, 256, dtype=torch.float16)
-    assert rel_err(op(x, q, qz, s, None, [], "t", "awq", 64, plan, ""), x.double() @ u.dequantize(torch.float64)) < 2e-3
+    with caplog.at_level(logging.WARNING, logger="awq_compile"):
+        for _ in range(2):
+            y = op(x, q, qz, s, None, [], "layers.7.q_proj", "awq", 64, plan, "")
+            assert rel_err(y, x.double() @ u.dequantize(torch.float64)) < 2e-3
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "layers.7.q_proj" in r.getMessage()]
+    assert len(msgs) == 1 and "made for hip:gfx942" in msgs[0] and "re-planned for cpu" in msgs[0]
 
 
 def test_gptq_source_layout():
