@@ -10,9 +10,10 @@ is cut into K tiles of BLOCK_K (one quantisation group or a divisor of it), so t
 ``U = tiles * K/BLOCK_K`` units of work.  The grid is P programs (a few per SM, P <= U) and program p
 takes the contiguous unit range ``[p U / P, (p + 1) U / P)``: every program streams the same number of
 weight bytes (no partial last wave) and walks whole runs of K for at most a few tiles.  A tile covered
-by one program is written directly; a tile shared by the c programs whose stripes meet in it (c is 2 or
-3 in practice, never 32) is summed in an fp32 workspace and written by the last of them to arrive
-(a per-tile ticket); workspace and tickets are left zeroed for the next call.
+by one program is written directly; a tile shared by the c programs whose stripes meet in it (2-7 here,
+never 32) is reduced by the last of them to take the tile's ticket: with ``SLOTS`` each contributor
+stores its fp32 partial in its own slot (plain stores; the sum is taken in program order, the same on
+every call), otherwise the partials are fp32 atomics into a zero-kept workspace.  Tickets are left zeroed.
 
 Per K tile the weight words are read with one wide load along N and decoded plane by plane (nibble i
 of every word is plane i) with the 16-bit magic: ``(q | 0x6400)`` read as fp16 is ``1024 + q``
