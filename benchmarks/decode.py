@@ -147,10 +147,8 @@ def main(argv=None):
         f16 = torch.compile(fp16, mode="reduce-overhead")
         tps16, y16 = tokens_per_s(f16, fp16, batch, args.steps)
         torch._dynamo.reset()
-        try:
-            fa = torch.compile(awq, backend="awq", mode="reduce-overhead", options=opts or None)
-        except Exception:  # torch.compile refuses mode+options together for some versions
-            fa = torch.compile(awq, backend="awq", mode="reduce-overhead")
+        # torch.compile refuses mode= together with options=: the backend takes the mode among its options
+        fa = torch.compile(awq, backend="awq", options={**opts, "mode": "reduce-overhead"})
         tpsa, ya = tokens_per_s(fa, awq, batch, args.steps)
         err = ((ya - y16).norm() / y16.norm()).item()
         # one more step of each from a clean cache, eager, to show which side departs from the reference
