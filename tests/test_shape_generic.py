@@ -64,9 +64,9 @@ def op_calls(monkeypatch):
     calls = []
     real = op_module.run_entry
 
-    def counted(entry, x2d, *args):
+    def counted(entry, x2d, *args, **kwargs):
         calls.append((x2d.shape[0], entry.kernel))
-        return real(entry, x2d, *args)
+        return real(entry, x2d, *args, **kwargs)
 
     monkeypatch.setattr(op_module, "run_entry", counted)
     return calls
