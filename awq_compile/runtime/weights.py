@@ -273,12 +273,16 @@ class WeightCache:
             std = convert(w, "standard")
             prepared = Prepared(fmt, w.group_size, None if std.qweight is qweight else std.qweight,
                                 None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros)
-        if qweight.is_cuda:
+        return self._store(key, sources, prepared, qweight.device, scales.shape[1])
+
+    def _store(self, key, sources, value, device: torch.device, n: int):
+        """Keep ``value`` for ``sources`` (expired with their storages) and return it."""
+        if device.type == "cuda":
             # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
             from ..kernels.triton.launch import reserve_workspace
-            reserve_workspace(qweight.device, scales.shape[1])
+            reserve_workspace(device, n)
         with self._lock:
-            entry = _Entry(sources, prepared, next(self._serial))
+            entry = _Entry(sources, value, next(self._serial))
             entry.finalizers = _finalizers(_storages(sources), _on_source_death, weakref.ref(self), "entries",
                                            key, entry.serial)
             old = self._entries.pop(key, None)
@@ -286,7 +290,7 @@ class WeightCache:
                 old.detach()
             self._entries[key] = entry
             self.repacks += 1
-        return prepared
+        return value
 
     def get_merged(self, fmt: str, parts, *, layer: str = "") -> "MergedPrepared":
         """One standard-layout weight for several layers that read the same input (q/k/v, gate/up):
@@ -309,19 +313,7 @@ class WeightCache:
                 "(new or modified weight tensors reached a captured graph); run the model once eagerly "
                 "with these weights before capturing")
         merged = _merge(src, parts)
-        if q0.is_cuda:
-            from ..kernels.triton.launch import reserve_workspace
-            reserve_workspace(q0.device, merged.scales.shape[1])
-        with self._lock:
-            entry = _Entry(sources, merged, next(self._serial))
-            entry.finalizers = _finalizers(_storages(sources), _on_source_death, weakref.ref(self), "entries",
-                                           key, entry.serial)
-            old = self._entries.pop(key, None)
-            if old is not None:
-                old.detach()
-            self._entries[key] = entry
-            self.repacks += 1
-        return merged
+        return self._store(key, sources, merged, q0.device, merged.scales.shape[1])
 
     def _uncached(self, w: Packed, layer: str) -> Prepared:
         """Inference tensors: convert for this call only (see the module docstring)."""
