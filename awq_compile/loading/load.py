@@ -178,10 +178,11 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
                 # a GPTQ layer whose zeros turned out symmetric (all 8): a module without qzeros
                 prefix, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(prefix) if prefix else model, attr, mod)
-            used.update(k for k in ckpt.keys() if k.startswith(name + ".") and k.count(".") == name.count(".") + 1)
+            mine = [k for k in tensor_names(name, scheme) if k in ckpt]
+            used.update(mine)
             nbytes += n
             if bar is not None:
-                bar.update(len(tensor_names(name, scheme)))
+                bar.update(len(mine))
         for key, meta in state.items():
             if key.startswith(quant_prefixes) and key.rpartition(".")[0] in chosen:
                 continue
