@@ -11,7 +11,7 @@ The package imports lazily: ``import awq_compile`` is cheap (torch's import may 
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "awq_backend", "load_pretrained", "Target", "Options", "Report", "__version__"]
+__all__ = ["explain", "awq_backend", "load_pretrained", "convert_modules", "Target", "Options", "Report", "__version__"]
 
 
 def __getattr__(name):
@@ -27,6 +27,10 @@ def __getattr__(name):
         from .loading import load_pretrained
 
         return load_pretrained
+    if name == "convert_modules":
+        from .loading.convert import convert_modules
+
+        return convert_modules
     if name == "Target":
         from .target import Target
 
