@@ -244,8 +244,14 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
 
 def setup_compile(model, options: dict | None = None):
     """Make ``generate()`` run ``backend="awq"``: static cache, then compile_config or a compiled forward."""
+    from torch._dynamo import list_backends, register_backend
     from transformers import CompileConfig
 
+    if "awq" not in list_backends(exclude_tags=()):
+        # the entry point registers "awq" only when the package is installed (not when run from a source tree)
+        from ..backend import awq_backend
+
+        register_backend(awq_backend, name="awq")
     opts = dict(options or {})
     gc = model.generation_config
     gc.cache_implementation = "static"
