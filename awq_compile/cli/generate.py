@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     ap.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="activation dtype (default: the config's on GPUs, float32 on CPU)")
     ap.add_argument("--target", default=None, help="backend target override, e.g. hip:gfx942")
+    ap.add_argument("--mode", default=None, help="Inductor mode on CUDA/ROCm (default reduce-overhead: CUDA graphs; "
+                                                 "'default' without them)")
     ap.add_argument("--eager", action="store_true", help="do not compile")
     ap.add_argument("--compare", action="store_true", help="also run eagerly and report both tokens/s")
     ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     from awq_compile.loading import load_pretrained, setup_compile
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    options = {"target": args.target} if args.target else None
+    options = {k: v for k, v in (("target", args.target), ("mode", args.mode)) if v} or None
     t0 = time.perf_counter()
     dtype = _DTYPES.get(args.dtype)
     if dtype is None and not device.startswith("cuda"):
