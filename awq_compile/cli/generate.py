@@ -22,14 +22,15 @@ def encode(tok, prompt: str, device, chat: bool = True) -> dict:
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def timed_generate(model, inputs: dict, max_new_tokens: int) -> tuple[torch.Tensor, int, float]:
+def timed_generate(model, inputs: dict, max_new_tokens: int, min_new_tokens: int = 1) -> tuple[torch.Tensor, int, float]:
     """Greedy generation: (new token ids [T], count, seconds)."""
     dev = inputs["input_ids"].device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=1)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             min_new_tokens=min_new_tokens)
     sync()
     dt = time.perf_counter() - t0
     new = out[0, inputs["input_ids"].shape[1]:]
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eager", action="store_true", help="do not compile")
     ap.add_argument("--compare", action="store_true", help="also run eagerly and report both tokens/s")
     ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens (for timing)")
     args = ap.parse_args(argv)
 
     from awq_compile.loading import load_pretrained, setup_compile
@@ -68,15 +70,16 @@ def main(argv=None) -> int:
         print("error: the checkpoint has no tokenizer")
         return 2
     inputs = encode(tok, args.prompt, device, chat=not args.raw)
+    mn = args.max_new_tokens if args.ignore_eos else 1
     if args.eager or args.compare:
-        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens)
+        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
         print(f"\n[eager] {tok.decode(ids, skip_special_tokens=True).strip()}")
         print(f"[eager] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s", flush=True)
     if not args.eager:
         setup_compile(model, options)
-        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens)
+        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
         print(f"\n[awq] first call, compiling: {dt:.1f} s", flush=True)
-        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens)
+        ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
         print(f"[awq] {tok.decode(ids, skip_special_tokens=True).strip()}")
         print(f"[awq] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s")
     return 0
