@@ -11,18 +11,19 @@ The package imports lazily: ``import awq_compile`` is cheap (torch's import may 
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "awq_backend", "load_pretrained", "convert_modules", "Target", "Options", "Report", "__version__"]
+__all__ = ["explain", "export", "awq_backend", "shape_generic", "load_pretrained", "convert_modules", "Target",
+           "Options", "Report", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("explain", "Report"):
-        from . import report
+    if name == "explain":
+        from .explaining import explain
 
-        return getattr(report, name)
-    if name == "awq_backend":
-        from .backend import awq_backend
+        return explain
+    if name == "export":
+        from .exporting import export
 
-        return awq_backend
+        return export
     if name == "load_pretrained":
         from .loading import load_pretrained
 
@@ -31,6 +32,14 @@ def __getattr__(name):
         from .loading.convert import convert_modules
 
         return convert_modules
+    if name == "Report":
+        from .report import Report
+
+        return Report
+    if name in ("awq_backend", "shape_generic"):
+        from . import backend
+
+        return getattr(backend, name)
     if name == "Target":
         from .target import Target
 

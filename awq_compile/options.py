@@ -16,6 +16,9 @@ prepack              AWQ_COMPILE_PREPACK=0         repack the example weights at
 reuse_weight_memory  AWQ_COMPILE_REUSE_WEIGHTS=1   opt-in: repack into the source buffers, freeing the
                                                    extra copy; mutates the user's module (its eager
                                                    forward is then invalid)
+merge_projections    AWQ_COMPILE_MERGE=0           merge AWQ linears that read the same input (q/k/v,
+                                                   gate/up) into one launch over the concatenated N
+                                                   (default on; off with reuse_weight_memory)
 mode                 --                            Inductor mode ("reduce-overhead" for CUDA graphs,
                                                    "max-autotune"); torch.compile refuses mode= together
                                                    with options=, so it can be given here
@@ -61,10 +64,8 @@ class Options:
     dump_graphs: str | None = None
     prepack: bool = True
     reuse_weight_memory: bool = False
+    merge_projections: bool = True
     mode: str | None = None
-    # internal: explain() collects reports and keeps the model untouched
-    analysis_only: bool = False
-    report_sink: Any = None
 
     _ENV = {
         "target": "AWQ_COMPILE_TARGET",
@@ -75,6 +76,7 @@ class Options:
         "dump_graphs": "AWQ_COMPILE_DUMP",
         "prepack": "AWQ_COMPILE_PREPACK",
         "reuse_weight_memory": "AWQ_COMPILE_REUSE_WEIGHTS",
+        "merge_projections": "AWQ_COMPILE_MERGE",
     }
 
     @classmethod
@@ -84,7 +86,7 @@ class Options:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(given) - known
         if unknown:
-            raise ValueError(f"awq backend: unknown option(s) {sorted(unknown)}; known: {sorted(known - {'report_sink'})}")
+            raise ValueError(f"awq backend: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         values: dict[str, Any] = {}
         for name, var in cls._ENV.items():
             if name in given:
@@ -94,7 +96,7 @@ class Options:
         values.update(given)
         if values.get("target") is not None:
             values["target"] = Target.parse(values["target"])
-        for name in ("strict", "inductor", "prepack", "reuse_weight_memory", "analysis_only"):
+        for name in ("strict", "inductor", "prepack", "reuse_weight_memory", "merge_projections"):
             if name in values:
                 values[name] = _flag(values[name])
         if "disabled_kernels" in values:

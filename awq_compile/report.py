@@ -1,9 +1,8 @@
-"""The explain report: ``awq_compile.explain(model, *args)``: what the backend would find and choose, without changing the model.
+"""The explain report's plain records: what the analysis found per layer, what it left alone, and why.
 
 The report lists every AWQ layer found (module path, shape, group size, layout, the kernel chosen per
-M bucket and why the others were not) and every candidate matmul left alone, with the reason.  It runs
-the model once through Dynamo with the backend in analysis mode: the passes find, verify and select as
-in a real compile, but nothing is rewritten or repacked and the graph runs as captured.
+M bucket and why the others were not) and every candidate matmul left alone, with the reason.  The
+passes build these records; the driver that runs a model to collect them is :mod:`awq_compile.explaining`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["explain", "Report", "LayerReport", "SkipReport"]
+__all__ = ["Report", "LayerReport", "SkipReport", "MergeReport"]
 
 
 @dataclasses.dataclass
@@ -27,6 +26,7 @@ class LayerReport:
     exact: bool = True               # bit-exact verification (else equal within rounding)
     graph: int = 0
     node: str = ""
+    configs: dict = dataclasses.field(default_factory=dict)   # "M lo..hi" -> kernel with its config
 
 
 @dataclasses.dataclass
@@ -38,19 +38,33 @@ class SkipReport:
 
 
 @dataclasses.dataclass
+class MergeReport:
+    """Layers that read one input and run as one launch over their concatenated N."""
+
+    name: str                        # "layers.0.self_attn.q_proj+k_proj+v_proj"
+    parts: tuple                     # the member layers' names, in order
+    in_features: int
+    out_features: int                # the sum of the parts' N
+    kernel: str                      # kernel for the M seen while explaining
+    kernels: dict                    # "M lo..hi" -> kernel id, the whole plan of the merged problem
+    graph: int = 0
+
+
+@dataclasses.dataclass
 class Report:
     target: Any = None
     layers: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
+    merged: list = dataclasses.field(default_factory=list)
     graphs: int = 0
 
     def __str__(self) -> str:
         lines = [f"awq_compile explain -- target {self.target}, {self.graphs} graph(s), "
                  f"{len(self.layers)} AWQ layer(s), {len(self.skipped)} matmul(s) left alone"]
         if self.layers:
-            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel)")]
+            rows = [("layer", "K", "N", "G", "format", "kernel", "plan (M: kernel config)")]
             for lay in self.layers:
-                plan = ", ".join(f"{m}: {k}" for m, k in lay.kernels.items())
+                plan = ", ".join(f"{m}: {lay.configs.get(m, k)}" for m, k in lay.kernels.items())
                 rows.append((lay.name, str(lay.in_features), str(lay.out_features), str(lay.group_size),
                              lay.format + ("" if lay.exact else "~"), lay.kernel, plan))
             lines += _table(rows)
@@ -63,6 +77,11 @@ class Report:
                 for (k, why), names in rejected.items():
                     who = names[0] if len(names) == 1 else f"{len(names)} layers"
                     lines.append(f"  {k} ({who}): {why}")
+            if self.merged:
+                lines.append("merged (one launch each, outputs split as views):")
+                for g in self.merged:
+                    plan = ", ".join(f"{m}: {k}" for m, k in g.kernels.items())
+                    lines.append(f"  {g.name} [{g.in_features} -> {g.out_features}]: {g.kernel}; plan {plan}")
             if any(not lay.exact for lay in self.layers):
                 lines.append("~ verified equal within floating-point rounding (the graph rounds differently)")
         if self.skipped:
@@ -82,30 +101,3 @@ def _table(rows):
         if j == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return out
-
-
-def explain(model, *args, target=None, options: dict | None = None, **kwargs) -> Report:
-    """Run ``model(*args, **kwargs)`` once under Dynamo with the backend in analysis mode.
-
-    ``target`` (e.g. ``"hip:gfx942"``) asks what would be chosen for that hardware; by default the
-    target is detected from the weights' device, as in a real compile.  The model is not modified.
-    """
-    import torch
-
-    from .backend import awq_backend
-
-    report = Report()
-    opts = dict(options or {})
-    opts.update(analysis_only=True, inductor=False, report_sink=report)
-    if target is not None:
-        opts["target"] = target
-
-    def backend(gm, example_inputs):
-        return awq_backend(gm, example_inputs, options=opts)
-
-    # A fresh backend callable recompiles the model's frames; lift the recompile limit so repeated
-    # explains of one model never fall back to eager (which would report nothing).
-    with torch._dynamo.config.patch(recompile_limit=10_000, accumulated_recompile_limit=100_000), \
-            torch.no_grad():
-        torch.compile(model, backend=backend)(*args, **kwargs)
-    return report

@@ -3,8 +3,10 @@
 A :class:`Target` names a backend and an architecture -- ``cpu``, ``cuda:sm90``, ``hip:gfx942`` -- and
 answers the questions kernel selection and tuning ask of it (wave size, shared/LDS memory, matrix-unit
 kind, whether Triton can compile for it).  Nothing here reads the host: :func:`detect` is the one
-function that looks at the running torch, and only the backend calls it, once, when it resolves its
-options.  Everything downstream (passes, registry, config tables, AOT checks) receives the value, so
+function that looks at the running torch: the backend calls it once when it resolves its options, and
+the custom op once per device it meets, to check that device against the plan's target.
+:func:`interpreter_active` is the other host fact (is Triton's interpreter on?); the run-time launcher
+reads it and passes it to the launch plan as a value.  Everything downstream (passes, registry, config tables, AOT checks) receives the value, so
 asking about ``hip:gfx942`` on a CPU-only machine gives the same answer as on an MI300.
 
 This module imports nothing from awq_compile; torch and triton are imported lazily by the two
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["Target", "detect", "KNOWN_TARGETS", "CI_TARGETS"]
+__all__ = ["Target", "detect", "interpreter_active", "KNOWN_TARGETS", "CI_TARGETS"]
 
 # Facts per architecture.  Shared memory is the per-block maximum Triton may use (bytes); for AMD it
 # is the LDS a workgroup may allocate.  Sources: vendor programming guides (CUDA C Programming Guide
@@ -211,3 +213,11 @@ def detect(device=None) -> Target:
     if getattr(torch.version, "hip", None):
         return Target.parse("hip:" + props.gcnArchName.split(":")[0])
     return Target("cuda", f"sm{props.major}{props.minor}")
+
+
+def interpreter_active() -> bool:
+    """Whether Triton runs its interpreter in this process (``TRITON_INTERPRET``, which Triton reads when it
+    is first imported): kernels then run on CPU tensors and launch options mean nothing."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")

@@ -22,7 +22,7 @@ from torch import nn
 
 from awq_compile.models.awq_linear import AwqLinear
 
-HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, CTX = 4096, 14336, 32, 8, 128, 1024
+HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, CTX = 4096, 14336, 32, 8, 128, 1024   # CTX: decode's static KV cache
 
 
 class RMSNorm(nn.Module):
@@ -36,7 +36,7 @@ class RMSNorm(nn.Module):
 
 
 def rope(x, pos):
-    # x [B, H, 1, D]; pos: int tensor [1]
+    # x [B, H, T, D]; pos: int tensor [T]
     d = x.shape[-1]
     inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
     ang = pos.float()[:, None] * inv[None, :]
@@ -46,36 +46,37 @@ def rope(x, pos):
 
 
 class Layer(nn.Module):
-    def __init__(self, linear, batch):
+    def __init__(self, linear, batch, ctx=CTX):
         super().__init__()
         self.q, self.k, self.v = linear(HIDDEN, HEADS * HEAD_DIM), linear(HIDDEN, KV_HEADS * HEAD_DIM), linear(HIDDEN, KV_HEADS * HEAD_DIM)
         self.o = linear(HEADS * HEAD_DIM, HIDDEN)
         self.gate, self.up, self.down = linear(HIDDEN, INTER), linear(HIDDEN, INTER), linear(INTER, HIDDEN)
         self.n1, self.n2 = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
-        self.register_buffer("kc", torch.zeros(batch, KV_HEADS, CTX, HEAD_DIM))
-        self.register_buffer("vc", torch.zeros(batch, KV_HEADS, CTX, HEAD_DIM))
+        self.register_buffer("kc", torch.zeros(batch, KV_HEADS, ctx, HEAD_DIM))
+        self.register_buffer("vc", torch.zeros(batch, KV_HEADS, ctx, HEAD_DIM))
 
     def forward(self, x, pos):
-        B = x.shape[0]
+        # x [B, T, hidden], pos [T]: T = 1 for a decode step, the prompt length for a prefill
+        B, T = x.shape[0], x.shape[1]
         h = self.n1(x)
-        q = rope(self.q(h).view(B, 1, HEADS, HEAD_DIM).transpose(1, 2), pos)
-        k = rope(self.k(h).view(B, 1, KV_HEADS, HEAD_DIM).transpose(1, 2), pos)
-        v = self.v(h).view(B, 1, KV_HEADS, HEAD_DIM).transpose(1, 2)
+        q = rope(self.q(h).view(B, T, HEADS, HEAD_DIM).transpose(1, 2), pos)
+        k = rope(self.k(h).view(B, T, KV_HEADS, HEAD_DIM).transpose(1, 2), pos)
+        v = self.v(h).view(B, T, KV_HEADS, HEAD_DIM).transpose(1, 2)
         self.kc.index_copy_(2, pos, k)
         self.vc.index_copy_(2, pos, v)
-        mask = (torch.arange(CTX, device=x.device) <= pos)[None, None, None, :]
+        mask = (torch.arange(self.kc.shape[2], device=x.device)[None, :] <= pos[:, None])[None, None]   # [1, 1, T, CTX]
         kk = self.kc.repeat_interleave(HEADS // KV_HEADS, dim=1)
         vv = self.vc.repeat_interleave(HEADS // KV_HEADS, dim=1)
         a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
-        x = x + self.o(a.transpose(1, 2).reshape(B, 1, HEADS * HEAD_DIM))
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, HEADS * HEAD_DIM))
         h = self.n2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
 
 class Decoder(nn.Module):
-    def __init__(self, layers, linear, batch):
+    def __init__(self, layers, linear, batch, ctx=CTX):
         super().__init__()
-        self.layers = nn.ModuleList(Layer(linear, batch) for _ in range(layers))
+        self.layers = nn.ModuleList(Layer(linear, batch, ctx) for _ in range(layers))
         self.norm = RMSNorm(HIDDEN)
 
     def forward(self, x, pos):
@@ -84,17 +85,17 @@ class Decoder(nn.Module):
         return self.norm(x)
 
 
-def build(layers, batch, seed=0):
-    """(awq model, fp16 model) with the same quantised weights, on the GPU in fp16."""
+def build(layers, batch, seed=0, ctx=CTX):
+    """(awq model, fp16 model) with the same quantised weights, on the GPU in fp16; ``ctx`` KV positions."""
     torch.manual_seed(seed)
-    awq = Decoder(layers, lambda k, n: AwqLinear(k, n, 128, device="cuda"), batch).cuda().half()
+    awq = Decoder(layers, lambda k, n: AwqLinear(k, n, 128, device="cuda"), batch, ctx).cuda().half()
     for m in awq.modules():
         if isinstance(m, AwqLinear):
             K, N = m.in_features, m.out_features
             m.qweight.copy_(torch.randint(-2**31, 2**31 - 1, (K, N // 8), dtype=torch.int32, device="cuda"))
             m.qzeros.copy_(torch.randint(-2**31, 2**31 - 1, (K // 128, N // 8), dtype=torch.int32, device="cuda"))
             m.scales.copy_((torch.rand(K // 128, N, device="cuda") * 0.004 + 0.001).half())
-    fp16 = Decoder(layers, lambda k, n: nn.Linear(k, n, bias=False), batch).cuda().half()
+    fp16 = Decoder(layers, lambda k, n: nn.Linear(k, n, bias=False), batch, ctx).cuda().half()
     from .common import AWQ
     with torch.no_grad():
         for (name, m), m16 in zip(((n, m) for n, m in awq.named_modules() if isinstance(m, AwqLinear)),
@@ -146,10 +147,8 @@ def main(argv=None):
         f16 = torch.compile(fp16, mode="reduce-overhead")
         tps16, y16 = tokens_per_s(f16, fp16, batch, args.steps)
         torch._dynamo.reset()
-        try:
-            fa = torch.compile(awq, backend="awq", mode="reduce-overhead", options=opts or None)
-        except Exception:  # torch.compile refuses mode+options together for some versions
-            fa = torch.compile(awq, backend="awq", mode="reduce-overhead")
+        # torch.compile refuses mode= together with options=: the backend takes the mode among its options
+        fa = torch.compile(awq, backend="awq", options={**opts, "mode": "reduce-overhead"})
         tpsa, ya = tokens_per_s(fa, awq, batch, args.steps)
         err = ((ya - y16).norm() / y16.norm()).item()
         # one more step of each from a clean cache, eager, to show which side departs from the reference

@@ -44,7 +44,7 @@ def main(argv=None):
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
     for m in ms:
-        print(f"M={m}: {plan.entry_for(m).kernel} {dict(plan.entry_for(m).config)}", flush=True)
+        print(f"M={m}: {plan.entry_for(m).kernel} {plan.entry_for(m).config_dict}", flush=True)
         call(xs[m])
         torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()

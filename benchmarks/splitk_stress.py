@@ -4,7 +4,7 @@ error that moves between launches on the same inputs."""
 import torch
 
 import awq_compile.runtime.op  # noqa: F401
-from awq_compile.kernels import triton_w4a16 as tw
+from awq_compile.kernels.triton.launch import run
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select
 from awq_compile.target import detect
@@ -19,7 +19,7 @@ for K, N in ((4096, 14336), (14336, 4096), (8192, 8192), (4096, 1024)):
     plan = select(Problem(K, N, 128, True, "float16"), target)
     for M in (1, 3, 5, 16, 33, 64, 100):
         e = plan.entry_for(M)
-        cfg = dict(e.config)
+        cfg = e.config_dict
         if cfg.get("SPLIT_K", 1) == 1:
             continue
         x = torch.randn(M, K, dtype=torch.float16, device="cuda")
@@ -28,7 +28,8 @@ for K, N in ((4096, 14336), (14336, 4096), (8192, 8192), (4096, 1024)):
         errs = []
         for _ in range(20):
             out.fill_(float("nan"))
-            tw.launch(e.kernel, x, st.qweight, st.qzeros, st.scales, None, out, 128, cfg)
+            run(e.kernel, e.config, e.launch, x, st.qweight, st.qzeros, st.scales, None, out, 128, target,
+                interpret=False)
             errs.append(rel_err(out, ref))
             runs += 1
         worst = max(errs)

@@ -15,16 +15,34 @@ import time
 
 import torch
 
-from awq_compile.kernels import triton_w4a16 as tw
+from awq_compile.kernels.problem import Problem
+from awq_compile.kernels.specs import get_spec
+from awq_compile.kernels.triton.launch import run
+from awq_compile.target import Target
 from .common import AWQ, copies_for, dequant64, graph_time_us, random_awq, rel_err
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
+SM90 = Target.parse("cuda:sm90")
+
+
+def _parse(kid, cfg):
+    return get_spec(kid).parse(cfg, f"tune candidate {kid} {cfg}", backend="cuda", table=False)
+
+
+def prune(kid, cfg, *, K, N, group_size, shared_limit):
+    config, launch = _parse(kid, cfg)
+    return config.check(launch, Problem(K, N, group_size, True, "float16"), shared_limit)
+
+
+def launch(kid, x, qweight, qzeros, scales, bias, out, group_size, cfg):
+    config, opts = _parse(kid, cfg)
+    return run(kid, config, opts, x, qweight, qzeros, scales, bias, out, group_size, SM90, interpret=False)
 
 
 def candidates_planes(M: int):
-    """Nibble-plane GEMM (PLANES, XPERM), streaming GEMV (STREAM) and FMA-decode GEMV candidates."""
+    """Nibble-plane GEMM (triton_gemm_planes), streaming GEMV (triton_gemv_stream) and FMA-decode GEMV."""
     out = []
-    P = lambda **c: out.append(("triton_gemm", dict(BLOCK_K=128, PLANES=1, SCALE_AFTER=0, **c)))  # noqa: E731
+    P = lambda **c: out.append(("triton_gemm_planes", dict(BLOCK_K=128, SCALE_AFTER=0, **c)))  # noqa: E731
     if M <= 4:
         for (bn, nw), bk, sk, nreg in itertools.product(((256, 2), (512, 4), (512, 2), (1024, 4)), (32, 64),
                                                         (16, 32), (0, 64, 80)):
@@ -33,8 +51,8 @@ def candidates_planes(M: int):
                 cfg["maxnreg"] = nreg
             out.append(("triton_gemv", cfg))
         for (bn, nw), bk, sk in itertools.product(((128, 2), (256, 4)), (64, 128), (8, 16)):
-            out.append(("triton_gemv", dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, STREAM=1, num_warps=nw,
-                                            num_stages=1)))
+            out.append(("triton_gemv_stream", dict(BLOCK_M=1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=nw,
+                                                   num_stages=1)))
     elif M <= 16:
         for bn, sk, xp in itertools.product((128, 256), (4, 8, 16), (0, 1)):
             P(BLOCK_M=16, BLOCK_N=bn, SPLIT_K=sk, TRANS=0, XPERM=xp, num_warps=4, num_stages=3)
@@ -60,7 +78,7 @@ def candidates_table(M: int, K: int, N: int):
 
     plan = select(Problem(K, N, 128, True, "float16"), Target.parse("cuda:sm90"))
     e = plan.entry_for(M)
-    return [(e.kernel, dict(e.config))] if e.config else []
+    return [(e.kernel, e.config_dict)] if e.config else []
 
 
 def candidates(M: int, quick: bool = False, which: str = "all", K: int = 0, N: int = 0):
@@ -106,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop sweeping after this long")
     ap.add_argument("--set", default="all", choices=("all", "new"),
-                    help="'new': the table's current pick plus the PLANES/STREAM kernels")
+                    help="'new': the table's current pick plus the plane GEMM / streaming GEMV kernels")
     args = ap.parse_args(argv)
     t_start = time.time()
     G = 128
@@ -132,19 +150,19 @@ def main(argv=None):
                 if time.time() > deadline:
                     print(f"budget for M={M} exhausted", flush=True)
                     break
-                why = tw.prune(kid, cfg, K=K, N=N, group_size=G, shared_limit=232448)
+                why = prune(kid, cfg, K=K, N=N, group_size=G, shared_limit=232448)
                 if why:
                     continue
                 try:
                     st = stds[0]
                     outs[0].fill_(float("nan"))
-                    tw.launch(kid, x, st.qweight, st.qzeros, st.scales, None, outs[0], G, cfg)
-                    tw.launch(kid, x, st.qweight, st.qzeros, st.scales, None, outs[0], G, cfg)
+                    launch(kid, x, st.qweight, st.qzeros, st.scales, None, outs[0], G, cfg)
+                    launch(kid, x, st.qweight, st.qzeros, st.scales, None, outs[0], G, cfg)
                     err = rel_err(outs[0], ref)
                     if not err < 2e-3:
                         print(f"WRONG {K}x{N} M={M} {kid} {cfg} err={err}", flush=True)
                         continue
-                    calls = [(lambda st=st, o=o: tw.launch(kid, x, st.qweight, st.qzeros, st.scales, None, o, G, cfg))
+                    calls = [(lambda st=st, o=o: launch(kid, x, st.qweight, st.qzeros, st.scales, None, o, G, cfg))
                              for st, o in zip(stds, outs)]
                     us = graph_time_us(calls, replays=10)
                 except Exception as e:  # a config that does not compile or launch is reported, not fatal
@@ -157,7 +175,7 @@ def main(argv=None):
             if (K, N, M) in best:
                 b_ = best[(K, N, M)]
                 print(f"BEST {K}x{N} M={M}: {b_['us']:.1f} us {b_['kernel']} {b_['cfg']}", flush=True)
-            for kid in ("triton_gemv", "triton_gemm", "triton_dequant_mm"):
+            for kid in ("triton_gemv", "triton_gemv_stream", "triton_gemm", "triton_gemm_planes", "triton_dequant_mm"):
                 rows = sorted([r for r in results if (r["K"], r["N"], r["M"], r["kernel"]) == (K, N, M, kid)],
                               key=lambda r: r["us"])[:4]
                 for r in rows:

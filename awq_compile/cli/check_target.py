@@ -5,9 +5,13 @@ bias) the kernel selector (:func:`awq_compile.kernels.registry.select`) plans TA
 (kernel, config) it would run for the requested M values is compiled ahead of time for TARGET
 (:mod:`awq_compile.kernels.aot`), identical compiles once.  The table shows registers, spills, LDS /
 shared bytes and the matrix instructions found.  Exit status 1 when any compile fails, any register
-spills, LDS / shared memory exceeds the target's limit, or a ``triton_gemm`` config (the tensor-core
-kernel) compiled without matrix instructions; 0 otherwise, including targets the selector serves
-without Triton (the reason is printed).
+spills, LDS / shared memory exceeds the target's limit, or a config of a matrix-unit kernel
+(``KernelSpec.matrix_units``: ``triton_gemm``, ``triton_gemm_planes``) compiled without matrix
+instructions; 0 otherwise, including targets the selector serves without Triton (the reason is printed).
+
+Reports are cached on disk (:func:`awq_compile.kernels.aot.cache_dir`: ``$AWQ_COMPILE_AOT_CACHE``, default
+``~/.cache/awq_compile/aot``), shared by every process of the user; the output says where the cache is
+and how many reports came from it, and ``--no-cache`` compiles everything again.
 
 Options::
 
@@ -30,14 +34,14 @@ import json
 import sys
 import time
 
+from ..target import CI_TARGETS
+
 __all__ = ["main", "plan_requests", "evaluate", "Finding"]
 
 DEFAULT_SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096))
 DEFAULT_GROUPS = (32, 128)
 DEFAULT_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_DTYPES = ("float16", "bfloat16")
-# Kernels that must compile to matrix-unit instructions ("tensor-core-sized" configs).
-MATRIX_KERNELS = ("triton_gemm",)
 
 
 @dataclasses.dataclass
@@ -90,7 +94,8 @@ def plan_requests(target, *, shapes=DEFAULT_SHAPES, group_sizes=DEFAULT_GROUPS, 
                             note = f"{K}x{N} g{G} {dt} M={m}: {entry.kernel} (not Triton; nothing to compile)"
                             notes.append(note)
                             continue
-                        req = AotRequest.make(entry.kernel, entry.config, target, act_dtype=dt, group_size=G,
+                        req = AotRequest.make(entry.kernel, entry.config, target, launch=entry.launch,
+                                              act_dtype=dt, group_size=G,
                                               has_zeros=zeros, has_bias=bias, K=K, N=N)
                         f = findings.setdefault(req.dedupe_key(), Finding(req))
                         use = f"{K}x{N} g{G} M{m}"
@@ -113,22 +118,21 @@ def evaluate(report, target) -> list[str]:
     if limit and report.shared > limit:
         problems.append(f"{'LDS' if target.backend == 'hip' else 'shared memory'} {report.shared} B exceeds "
                         f"the {limit} B limit")
-    if report.kernel in MATRIX_KERNELS and not report.has_matrix:
+    from ..kernels.registry import KERNELS
+
+    if report.kernel in KERNELS and KERNELS[report.kernel].matrix_units and not report.has_matrix:
         problems.append(f"{report.kernel} compiled without matrix instructions ({target.matrix_unit} expected)")
     return problems
 
 
-def _fmt_config(cfg: dict) -> str:
-    short = {"BLOCK_M": "", "BLOCK_N": "x", "BLOCK_K": "x"}
-    tile = "".join(f"{short[k]}{cfg[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in cfg)
-    rest = []
-    names = {"SPLIT_K": "sk", "num_warps": "w", "num_stages": "st", "waves_per_eu": "wpe",
-             "matrix_instr_nonkdim": "nk", "kpack": "kp", "GROUP_M": "gm"}
-    for k, v in cfg.items():
-        if k in short:
-            continue
-        rest.append(f"{names.get(k, k)}{v}")
-    return " ".join([tile] + rest)
+def _fmt_config(report) -> str:
+    """The config as explain shows it (``16x128x128 sk16 xperm w4 st3``)."""
+    from ..kernels.registry import KERNELS, PlanEntry
+    from ..target import Target
+
+    cfg, launch = KERNELS[report.kernel].parse(report.config_dict, report.kernel,
+                                               backend=Target.parse(report.target).backend, table=False)
+    return PlanEntry(None, report.kernel, cfg, launch).label().split(" ", 1)[1]
 
 
 def _fmt_matrix(report) -> str:
@@ -140,24 +144,39 @@ def _fmt_matrix(report) -> str:
     return f"{','.join(names)} x{total}"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m awq_compile check-target",
                                      description="Compile every (kernel, config) the selector emits for a "
                                                  "target ahead of time and check registers, spills, LDS and "
                                                  "matrix instructions.")
-    parser.add_argument("target", help="e.g. hip:gfx942, hip:gfx1100, cuda:sm90")
-    parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in DEFAULT_SHAPES))
-    parser.add_argument("--group-sizes", default=",".join(map(str, DEFAULT_GROUPS)))
-    parser.add_argument("--m", default=",".join(map(str, DEFAULT_M)))
-    parser.add_argument("--dtypes", default=",".join(DEFAULT_DTYPES))
-    parser.add_argument("--variants", choices=("worst", "all"), default="worst")
-    parser.add_argument("--jobs", type=int, default=None)
-    parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("target", help="the GPU to check, e.g. hip:gfx942, hip:gfx1100, cuda:sm90 (CI checks: "
+                        + ", ".join(CI_TARGETS) + ")")
+    parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in DEFAULT_SHAPES), metavar="KxN,...",
+                        help="K x N of the representative layers to plan (default: %(default)s)")
+    parser.add_argument("--group-sizes", default=",".join(map(str, DEFAULT_GROUPS)), metavar="G,...",
+                        help="quantisation group sizes to plan (default: %(default)s)")
+    parser.add_argument("--m", default=",".join(map(str, DEFAULT_M)), metavar="M,...",
+                        help="batch sizes; each selects its plan bucket (default: %(default)s)")
+    parser.add_argument("--dtypes", default=",".join(DEFAULT_DTYPES), metavar="DTYPE,...",
+                        help="activation dtypes (default: %(default)s)")
+    parser.add_argument("--variants", choices=("worst", "all"), default="worst",
+                        help="worst: with zero points and bias, the most registers (default); all: every "
+                             "combination of zero points and bias")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="parallel compile workers (default: CPU count, at most 8)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compile everything again instead of reading reports cached on disk "
+                             "($AWQ_COMPILE_AOT_CACHE, default ~/.cache/awq_compile/aot; 'off' disables it)")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                        help="also write every report, with where it is used, as JSON to PATH")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    return parser
 
-    from ..kernels.aot import compile_many
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+
+    from ..kernels.aot import cache_dir, compile_many
     from ..target import Target
 
     try:
@@ -188,7 +207,7 @@ def main(argv=None) -> int:
         f.problems = evaluate(rep, target)
         failed += bool(f.problems)
         regs = str(rep.registers) + (f"+{rep.agprs}a" if rep.agprs else "")
-        rows.append((rep.kernel, _fmt_config(rep.config_dict), rep.act_dtype.replace("float", "f").replace("bf", "bf"),
+        rows.append((rep.kernel, _fmt_config(rep), rep.act_dtype.replace("float", "f").replace("bf", "bf"),
                      f"g{rep.group_size}", regs, str(rep.spills), str(rep.shared), _fmt_matrix(rep),
                      "FAIL: " + "; ".join(f.problems) if f.problems else "ok" + (" (cached)" if rep.cached else "")))
     header = ("kernel", "config", "dtype", "group", "regs", "spills", "lds/smem", "matrix", "status")
@@ -202,9 +221,12 @@ def main(argv=None) -> int:
             if f.problems and f.report.error:
                 print("    " + f.report.error.strip().replace("\n", "\n    ")[:1500])
     fresh = sum(not f.report.cached for f in items)
+    folder = None if args.no_cache else cache_dir()
+    where = (f"report cache {folder} (AWQ_COMPILE_AOT_CACHE; shared by every process of this user, "
+             "--no-cache recompiles)" if folder is not None else "report cache off")
     print(f"{len(items)} distinct compiles ({fresh} compiled, {len(items) - fresh} cached) for "
           f"{sum(len(f.uses) for f in items)} (problem, M) uses in {time.perf_counter() - start:.1f}s; "
-          f"{failed} failing")
+          f"{failed} failing; {where}")
     non_triton = sorted({n.split(": ", 1)[1] for n in notes if ": " in n})
     for n in non_triton[:5]:
         print(f"note: some buckets use {n}")

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from . import awq
-from .standard import StandardWeight, pack_k, unpack_k
+from .packed import Packed
+from .standard import unpack_k
 from .unpacked import Unpacked
 
 __all__ = ["SourceFormat", "SOURCE_FORMATS", "get_format", "DEFAULT_CHUNK_BYTES", "chunk_rows"]
@@ -78,22 +79,16 @@ class SourceFormat:
         return Unpacked(codes, self.zeros_of(qzeros), scales, codes.shape[0] // scales.shape[0])
 
     # ------------------------------------------------------------------ convert
-    def to_standard(self, qweight, qzeros, scales, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> StandardWeight:
-        """Standard layout on the tensors' device; shares ``qweight`` when it already is standard."""
-        zeros = self.zeros_of(qzeros)
-        qzeros_std = None if zeros is None else awq.pack_n_sequential(zeros)
-        if self.packed_along == "K":
-            q_std = qweight
-        else:
-            K, W = qweight.shape
-            N = W * 8
-            q_std = torch.empty((K // 8, N), dtype=torch.int32, device=qweight.device)
-            rows = chunk_rows(K, N, chunk_bytes)
-            for k0 in range(0, K, rows):
-                k1 = min(K, k0 + rows)
-                q_std[k0 // 8:k1 // 8] = pack_k(self.unpack_weight(qweight[k0:k1]))
-        return StandardWeight(q_std, qzeros_std, scales, qweight.shape[0] // scales.shape[0]
-                              if self.packed_along == "N" else qweight.shape[0] * 8 // scales.shape[0])
+    def to_standard(self, qweight, qzeros, scales, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Packed:
+        """Standard layout on the tensors' device (shorthand for :func:`.convert.convert`); shares what
+        already is standard."""
+        from .convert import convert
+
+        group_size = self.qweight_rows_to_k(qweight.shape[0]) // scales.shape[0]
+        return convert(Packed(self.name, qweight, qzeros, scales, group_size), "standard", chunk_bytes=chunk_bytes)
+
+    def qweight_rows_to_k(self, rows: int) -> int:
+        return rows if self.packed_along == "N" else rows * 8
 
 
 def _awq(name, has_zeros, desc):

@@ -14,33 +14,13 @@ Codes 0..7 down one column pack to 0x76543210.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from .awq import _nibbles, _words, pack_n_sequential, unpack_n_sequential
+from .packed import Packed
 from .unpacked import Unpacked
 
-__all__ = ["StandardWeight", "pack_k", "unpack_k", "from_unpacked", "to_unpacked", "dequantize_standard"]
-
-
-@dataclasses.dataclass
-class StandardWeight:
-    qweight: torch.Tensor          # int32 [K/8, N]
-    qzeros: torch.Tensor | None    # int32 [K/G, N/8] or None
-    scales: torch.Tensor           # [K/G, N]
-    group_size: int
-
-    @property
-    def K(self) -> int:
-        return self.qweight.shape[0] * 8
-
-    @property
-    def N(self) -> int:
-        return self.qweight.shape[1]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.qzeros, self.scales) if t is not None)
+__all__ = ["pack_k", "unpack_k", "from_unpacked", "to_unpacked", "dequantize_standard"]
 
 
 def pack_k(codes: torch.Tensor) -> torch.Tensor:
@@ -57,12 +37,14 @@ def unpack_k(packed: torch.Tensor) -> torch.Tensor:
     return _nibbles(packed).transpose(1, 2).reshape(K8 * 8, N)
 
 
-def from_unpacked(u: Unpacked) -> StandardWeight:
-    return StandardWeight(pack_k(u.codes), None if u.zeros is None else pack_n_sequential(u.zeros),
-                          u.scales, u.group_size)
+def from_unpacked(u: Unpacked) -> Packed:
+    return Packed("standard", pack_k(u.codes), None if u.zeros is None else pack_n_sequential(u.zeros),
+                  u.scales, u.group_size)
 
 
-def to_unpacked(w: StandardWeight) -> Unpacked:
+def to_unpacked(w: Packed) -> Unpacked:
+    if w.layout != "standard":
+        raise ValueError(f"to_unpacked takes the standard layout, not {w.layout!r} (use get_format().to_unpacked)")
     zeros = None if w.qzeros is None else unpack_n_sequential(w.qzeros)
     return Unpacked(unpack_k(w.qweight), zeros, w.scales, w.group_size)
 

@@ -8,16 +8,20 @@ it spill, how much shared memory / LDS does it take, and did ``tl.dot`` become m
 :func:`compile_report` answers for one request, :func:`compile_many` for a batch (deduplicated, in
 parallel worker processes).  Reports are cached on disk as small JSON records (not binaries) under
 ``$AWQ_COMPILE_AOT_CACHE`` (default ``$XDG_CACHE_HOME/awq_compile/aot`` or ``~/.cache/awq_compile/aot``;
-``off`` disables it), keyed by a hash of the kernel module's source, the Triton version, the target, the
-config, the activation dtype and the specialisation, so a repeated ``check-target`` is instant and any
-kernel edit invalidates exactly the records built from the old source.  Failed compiles are not cached.
+``off`` disables it), keyed by a hash of the kernel code's source (``kernels/triton/``, ``kernels/specs/``,
+``kernels/spec.py``), the Triton version, the target, the config, the activation dtype and the
+specialisation, so a repeated ``check-target`` is instant and any kernel edit invalidates exactly the
+records built from the old source.  Failed compiles are not cached.  Records are shared by every process
+of the user (another checkout, CI job or terminal may have filled them): ``check-target`` prints where.
+
+What to compile comes from :func:`~awq_compile.kernels.spec.plan_launch` -- the same pure function the
+run-time launcher uses -- and the argument types from the plan's own argument builder applied to meta
+tensors of the request's shapes, so nothing here imports or patches the kernel modules' globals.
 
 The compile mimics what a launch on the device specialises: pointers 16-byte aligned, integer arguments
 divisible by 16 marked as such (from the representative K and N), AMD buffer-op pointer ranges when
 Triton uses them, and the config's launch options (``num_warps``, ``num_stages`` and, on AMD only,
-``waves_per_eu`` / ``matrix_instr_nonkdim`` / ``kpack``).  Config keys that are neither constexpr
-arguments of the kernel nor launch options (shape conditions such as ``K_MIN``) are selection data and
-are ignored here.
+``waves_per_eu`` / ``matrix_instr_nonkdim`` / ``kpack``).
 
 Compiles run in a child process whose environment has no ``TRITON_INTERPRET`` whenever this process
 runs Triton's interpreter (the decorator then yields interpreter objects that cannot be compiled), so
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -40,7 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..target import Target
+from ..target import Target, interpreter_active
+from .problem import Problem
+from .spec import KernelConfig, Operands, plan_launch
+from .specs import get_spec
 
 __all__ = ["AotRequest", "AotReport", "compile_report", "compile_many", "cache_dir", "MATRIX_PATTERNS",
            "SCHEMA"]
@@ -54,7 +60,6 @@ MATRIX_PATTERNS = {
 }
 
 _ACT_DTYPES = ("float16", "bfloat16", "float32")
-_KERNEL_MODULE = "awq_compile.kernels.triton_w4a16"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +67,7 @@ class AotRequest:
     """One compile: a Triton kernel id, its config, the target and the specialisation."""
 
     kernel: str
-    config: tuple                   # sorted (key, value) pairs
+    config: tuple                   # sorted (table key, value) pairs: the kernel's config and launch options
     target: str
     act_dtype: str = "float16"
     group_size: int = 128
@@ -72,8 +77,20 @@ class AotRequest:
     N: int = 4096
 
     @classmethod
-    def make(cls, kernel: str, config, target, **kw) -> "AotRequest":
-        return cls(kernel, tuple(sorted(dict(config).items())), str(Target.parse(target)), **kw)
+    def make(cls, kernel: str, config, target, *, launch=None, **kw) -> "AotRequest":
+        """``config``: a :class:`~.spec.KernelConfig` (with ``launch`` options), or table keys (validated)."""
+        target = Target.parse(target)
+        if isinstance(config, KernelConfig):
+            pairs = config.items() + (launch.items() if launch is not None else ())
+        else:
+            cfg, opts = get_spec(kernel).parse(dict(config), f"aot request for {kernel}",
+                                               backend=target.backend, table=False)
+            pairs = cfg.items() + opts.items()
+        return cls(kernel, tuple(sorted(pairs)), str(target), **kw)
+
+    def problem(self) -> Problem:
+        return Problem(self.K, self.N, self.group_size, self.has_zeros, self.act_dtype, has_bias=self.has_bias,
+                       m=3)
 
     def _ints(self) -> dict:
         """Representative integer arguments (their divisibility by 16 is what the compile sees)."""
@@ -153,7 +170,7 @@ def cache_dir() -> Path | None:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
+    return interpreter_active()
 
 
 def _triton_version() -> str:
@@ -168,8 +185,12 @@ def _triton_version() -> str:
 
 
 def _source_hash() -> str:
-    spec = importlib.util.find_spec(_KERNEL_MODULE)
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
+    """Hash of every source file that decides what is compiled: the jit code and the launch planning."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([root / "spec.py", *root.glob("triton/*.py"), *root.glob("specs/*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _cache_key(req: AotRequest, source_hash: str, triton_version: str) -> str:
@@ -179,76 +200,50 @@ def _cache_key(req: AotRequest, source_hash: str, triton_version: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- compile
-class _Recorder:
-    """Stands in for a ``@triton.jit`` function while ``launch`` runs on meta tensors: records the call."""
-
-    def __init__(self, fn, calls):
-        self.fn, self.calls = fn, calls
-
-    def __getitem__(self, grid):
-        def call(*args, **kwargs):
-            self.calls.append((self.fn, args, kwargs))
-        return call
-
-
 _TORCH_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64",
                 "int8": "i8", "uint8": "u8", "bool": "i1"}
 
 
-def _record_launch(req: AotRequest):
-    """(jit function, {arg: value}, constexprs) of the kernel ``triton_w4a16.launch`` would start.
+def _planned(req: AotRequest):
+    """(jit function, {arg: value}, constexprs, launch options) of the launch the run time would make.
 
-    ``launch`` itself runs, on meta tensors of the request's shapes, with the module's jit functions
-    swapped for recorders -- so the constexprs and argument types are exactly what a real call passes,
-    whatever the kernel module computes from the config.
-    """
+    The launch plan comes from :func:`~.spec.plan_launch` for the request's problem (M = 3); its argument
+    builder runs on meta tensors of the request's shapes, so argument types are exactly a real call's."""
     import torch
-    from triton.runtime.jit import JITFunction
 
-    from . import triton_w4a16 as mod
-
-    calls: list = []
-    saved_attrs = {k: v for k, v in vars(mod).items() if isinstance(v, JITFunction)}
-    saved_kernels = dict(mod.KERNELS)
-    try:
-        for k, v in saved_attrs.items():
-            setattr(mod, k, _Recorder(v, calls))
-        for k, v in saved_kernels.items():
-            mod.KERNELS[k] = _Recorder(v, calls)
-        if req.kernel not in saved_kernels:
-            raise ValueError(f"{req.kernel!r} is not a Triton kernel (known: {sorted(saved_kernels)})")
-        dt = getattr(torch, req.act_dtype)
-        K, N, G, M = req.K, req.N, req.group_size, 3
-        meta = dict(device="meta")
-        x = torch.empty((M, K), dtype=dt, **meta)
-        qw = torch.empty((K // 8, N), dtype=torch.int32, **meta)
-        qz = torch.empty((K // G, N // 8), dtype=torch.int32, **meta) if req.has_zeros else None
-        sc = torch.empty((K // G, N), dtype=dt, **meta)
-        bias = torch.empty((N,), dtype=dt, **meta) if req.has_bias else None
-        out = torch.empty((M, N), dtype=dt, **meta)
-        mod.launch(req.kernel, x, qw, qz, sc, bias, out, G, dict(req.config))
-    finally:
-        for k, v in saved_attrs.items():
-            setattr(mod, k, v)
-        mod.KERNELS.clear()
-        mod.KERNELS.update(saved_kernels)
-    if not calls:
-        raise RuntimeError(f"launch({req.kernel!r}) started no Triton kernel")
-    fn, args, kwargs = calls[0]
-    values = dict(zip(fn.arg_names, args))
-    constexprs = {}
+    spec = get_spec(req.kernel)
+    if spec.plan is None:
+        raise ValueError(f"{req.kernel!r} is not a Triton kernel")
+    target = Target.parse(req.target)
+    cfg, launch = spec.parse(dict(req.config), f"aot request for {req.kernel}", backend=target.backend,
+                             table=False)
+    problem = req.problem()
+    plan = plan_launch(spec, cfg, launch, problem, target, interpret=False)
+    dt = getattr(torch, req.act_dtype)
+    K, N, G, M = req.K, req.N, req.group_size, problem.m
+    meta = dict(device="meta")
+    x = torch.empty((M, K), dtype=dt, **meta)
+    qw = torch.empty((K // 8, N), dtype=torch.int32, **meta)
+    qz = torch.empty((K // G, N // 8), dtype=torch.int32, **meta) if req.has_zeros else None
+    sc = torch.empty((K // G, N), dtype=dt, **meta)
+    bias = torch.empty((N,), dtype=dt, **meta) if req.has_bias else None
+    out = torch.empty((M, N), dtype=dt, **meta)
+    ops = Operands(x, qw, qz, sc, bias, out)
+    if plan.workspace is not None:
+        ops.workspace = torch.empty((plan.workspace[0],), dtype=torch.float32, **meta)
+        ops.tickets = torch.empty((plan.workspace[1],), dtype=torch.int32, **meta)
+    if plan.dense_weight:
+        ops.dense = torch.empty((K, N), dtype=dt, **meta)
+    fn = plan.fn
+    values = dict(zip(fn.arg_names, plan.arguments(ops)))
+    constexprs = dict(plan.constexprs)
     for p in fn.params:
-        if p.name in kwargs and p.name not in values:
-            if p.is_constexpr:
-                constexprs[p.name] = kwargs[p.name]
-            else:
-                values[p.name] = kwargs[p.name]
-        elif p.name not in values and p.is_constexpr and getattr(p, "has_default", False):
+        if p.name not in values and p.name not in constexprs and p.is_constexpr and getattr(p, "has_default", False):
             constexprs[p.name] = p.default
     for p in fn.params:  # constexprs passed positionally
         if p.is_constexpr and p.name in values:
             constexprs[p.name] = values.pop(p.name)
-    return fn, values, constexprs
+    return fn, values, constexprs, plan.options
 
 
 def _signature(fn, values: dict, constexprs: dict) -> tuple[dict, dict]:
@@ -397,14 +392,10 @@ def _compile_here(req: AotRequest) -> AotReport:
     target = Target.parse(req.target)
     start = time.perf_counter()
     try:
-        fn, values, constexprs = _record_launch(req)
-        cfg = dict(req.config)
+        fn, values, constexprs, options = _planned(req)
         sig, ints = _signature(fn, values, constexprs)
         gpu_target = target.to_triton()
         attrs = _attrs(make_backend(gpu_target), target, sig, ints)
-        from .triton_w4a16 import launch_options
-
-        options = launch_options(cfg, target.backend)
         try:
             src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         except TypeError:  # a Triton whose ASTSource takes no attrs keyword
@@ -526,7 +517,7 @@ def compile_many(requests, *, jobs: int | None = None, use_cache: bool = True) -
     return out
 
 
-def compile_report(kernel_id: str, config, target: Target | str, *, act_dtype: str = "float16",
+def compile_report(kernel_id: str, config, target: Target | str, *, launch=None, act_dtype: str = "float16",
                    group_size: int = 128, has_zeros: bool = True, has_bias: bool = False, K: int = 4096,
                    N: int = 4096, use_cache: bool = True) -> AotReport:
     """Compile ``kernel_id`` with ``config`` for ``target`` ahead of time and report on the result.
@@ -534,6 +525,6 @@ def compile_report(kernel_id: str, config, target: Target | str, *, act_dtype: s
     Never raises for a failed compile (the report has ``ok=False`` and the error); raises ValueError for
     a request that makes no sense (a cpu target, an unknown dtype).
     """
-    req = AotRequest.make(kernel_id, config, target, act_dtype=act_dtype, group_size=group_size,
+    req = AotRequest.make(kernel_id, config, target, launch=launch, act_dtype=act_dtype, group_size=group_size,
                           has_zeros=has_zeros, has_bias=has_bias, K=K, N=N)
     return compile_many([req], jobs=1, use_cache=use_cache)[0]

@@ -1,113 +1,53 @@
-"""Kernel registry and selection: a pure function of (problem, target).
+"""Kernel registry and selection: a pure function of (problem, target), and the rule for other devices.
 
-Each :class:`KernelSpec` answers ``can_implement(problem, target)`` with a config it would run, or the
-reason it cannot.  Kernels are listed per target family in priority order; :func:`select` walks the M
-buckets, takes for each the first kernel that can, and returns a :class:`Plan` -- the M -> (kernel,
-config) table the custom op consults at run time.  Nothing here looks at the host: asking about
-``hip:gfx942`` on a CPU-only machine gives the answer an MI300 would get.
+The kernels are the specs of :mod:`.specs` (one module each).  Each target family has a priority list of
+*slots* (:data:`PRIORITY`); a Triton slot is a section of the tuning tables whose entries name the kernel
+they run (the slot's own by default), a non-Triton slot is that kernel itself.  :func:`select` walks the
+M buckets and takes, for each, the first entry of the first slot that can implement the problem -- the
+kernel's static checks (family, Triton support, dtype, M range), the entry's shape filter, then the
+config's pruning rule -- and returns a :class:`Plan`: the M -> (kernel, config, launch options) table the
+custom op consults at run time, stamped with the target it was made for.  Nothing here looks at the host
+or imports Triton: asking about ``hip:gfx942`` on a CPU-only machine gives the answer an MI300 would get.
+
+The device rule (:func:`plan_for_device`): a plan runs only on a device of the target family it was made
+for.  On a device of another family (a ``hip:gfx942`` plan meeting CPU or NVIDIA tensors) the plan is made
+again for the device's target, with the same forced/disabled kernels, and the caller warns once naming the
+layer -- never a silent run of another target's configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Mapping
 
 from ..target import Target
 from . import configs as _configs
 from .problem import Problem
+from .spec import KernelConfig, LaunchOptions, TableError, launch_options_class
+from .specs import all_specs
 
-__all__ = ["KernelSpec", "KERNELS", "PRIORITY", "Plan", "PlanEntry", "NoKernelError", "select",
-           "kernels_for", "M_BUCKETS"]
+__all__ = ["KERNELS", "PRIORITY", "Plan", "PlanEntry", "NoKernelError", "select", "kernels_for", "M_BUCKETS",
+           "plan_for_device"]
 
 # Upper ends of the M buckets a plan distinguishes (None: everything larger).
 M_BUCKETS: tuple[int | None, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str = ""
-    config: tuple = ()  # sorted (key, value) pairs
+class _Kernels(Mapping):
+    """{kernel id: KernelSpec}, collected from :mod:`.specs` on first use."""
+
+    def __getitem__(self, key):
+        return all_specs()[key]
+
+    def __iter__(self):
+        return iter(all_specs())
+
+    def __len__(self):
+        return len(all_specs())
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelSpec:
-    id: str
-    description: str
-    families: tuple[str, ...]                 # target families it runs on
-    uses_triton: bool
-    act_dtypes: tuple[str, ...]
-    m_max: int | None = None                  # largest M this kernel is meant for
-    m_min: int | None = None                  # smallest M bucket (upper end) this kernel is meant for
-    extra_check: Callable[[Problem, Target], str | None] | None = None
-
-    def can_implement(self, problem: Problem, target: Target, *, triton_version: str | None = None) -> Verdict:
-        reason = problem.basic_reason()
-        if reason:
-            return Verdict(False, reason)
-        if target.family not in self.families:
-            return Verdict(False, f"runs on {'/'.join(self.families)} targets, not {target} ({target.family})")
-        if self.uses_triton:
-            reason = target.triton_support()
-            if reason:
-                return Verdict(False, reason)
-        if problem.act_dtype not in self.act_dtypes:
-            return Verdict(False, f"takes {'/'.join(self.act_dtypes)} activations, not {problem.act_dtype}")
-        if self.m_max is not None and (problem.m is None or problem.m > self.m_max):
-            return Verdict(False, f"serves M <= {self.m_max} only")
-        if self.m_min is not None and problem.m is not None and problem.m < self.m_min:
-            return Verdict(False, f"serves M buckets from {self.m_min} up only (the fused kernels win below)")
-        if self.extra_check is not None:
-            reason = self.extra_check(problem, target)
-            if reason:
-                return Verdict(False, reason)
-        if not self.uses_triton:
-            return Verdict(True)
-        return _pick_config(self.id, problem, target, triton_version)
-
-
-def _pick_config(kernel_id, problem, target, triton_version) -> Verdict:
-    from .triton_w4a16 import prune  # triton import deferred to the first Triton question
-
-    source, cands = _configs.candidates(target.arch, target.family, kernel_id, problem.m, triton_version)
-    if not cands:
-        return Verdict(False, f"no tuned config for M bucket {problem.m} in {source}")
-    act_bytes = 4 if problem.act_dtype == "float32" else 2
-    drops = []
-    for cfg in cands:
-        why = prune(kernel_id, cfg, K=problem.K, N=problem.N, group_size=problem.group_size,
-                    shared_limit=target.shared_memory, act_bytes=act_bytes)
-        if why is None:
-            return Verdict(True, config=tuple(sorted(cfg.items())))
-        drops.append(why)
-    return Verdict(False, f"every config in {source} was pruned: {drops[0]}")
-
-
-def _cpu_int4pack_check(problem: Problem, target: Target) -> str | None:
-    if problem.group_size not in (32, 64, 128, 256):
-        return f"torch's CPU int4 kernel takes group sizes 32/64/128/256, not {problem.group_size}"
-    if problem.N % 16:
-        return f"torch's CPU int4 kernel needs N divisible by 16, N={problem.N}"
-    return None
-
-
-KERNELS: dict[str, KernelSpec] = {k.id: k for k in (
-    KernelSpec("triton_gemv", "Triton split-K GEMV (fp32 FMA, no matrix units) for decode-sized M",
-               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16"), m_max=4),
-    KernelSpec("triton_gemm", "Triton tiled fused W4A16 GEMM on the matrix units, optional split-K",
-               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16")),
-    # bf16 only: on CPUs without native fp16 math torch's int4 kernel ran fp16 ~35x slower than bf16
-    # (measured on the 2-core CI machine, 2026-11-24); fp16/fp32 take the dequant + fp32 matmul path.
-    KernelSpec("triton_dequant_mm", "large M: Triton dequantises the weight to the activation dtype, then "
-               "torch.matmul (cuBLAS / hipBLASLt) multiplies; for M buckets from 256 up where a table lists it",
-               ("cuda", "cdna", "rdna"), True, ("float16", "bfloat16"), m_min=256),
-    KernelSpec("cpu_int4pack", "torch._weight_int4pack_mm_for_cpu on weights repacked for it (bf16)",
-               ("cpu",), False, ("bfloat16",), extra_check=_cpu_int4pack_check),
-    KernelSpec("torch_dequant", "dequantise the standard layout per call, then matmul (fp32 on CPU); "
-               "weights stay 4-bit in memory, at the cost of one dequantisation per call",
-               ("cpu", "cuda", "cdna", "rdna"), False, ("float16", "bfloat16", "float32")),
-)}
+KERNELS: Mapping = _Kernels()
 
 PRIORITY: dict[str, tuple[str, ...]] = {
     "cuda": ("triton_gemv", "triton_dequant_mm", "triton_gemm", "torch_dequant"),
@@ -118,26 +58,51 @@ PRIORITY: dict[str, tuple[str, ...]] = {
 
 
 def kernels_for(target: Target) -> tuple[str, ...]:
+    """The target family's slots in priority order."""
     return PRIORITY.get(target.family, ("torch_dequant",))
 
 
 @dataclasses.dataclass(frozen=True)
 class PlanEntry:
+    """M up to ``m_max`` (None: any larger M) runs ``kernel`` with ``config`` and ``launch`` options."""
+
     m_max: int | None
     kernel: str
-    config: tuple = ()
+    config: KernelConfig | None = None
+    launch: LaunchOptions | None = None
 
     @property
     def config_dict(self) -> dict:
-        return dict(self.config)
+        """Config and launch options as table keys (what a table entry for it would say)."""
+        return dict((self.config.items() if self.config else ()) + (self.launch.items() if self.launch else ()))
+
+    def label(self) -> str:
+        """``triton_gemm_planes 16x128x128 sk16 xperm w4 st3``: the kernel that runs, with its config."""
+        if self.config is None:
+            return self.kernel
+        opts = [f"{_SHORT.get(k, k)}{v}" for k, v in (self.launch.items() if self.launch else ())]
+        return " ".join([self.kernel, self.config.label()] + opts)
+
+
+_SHORT = {"num_warps": "w", "num_stages": "st", "waves_per_eu": "wpe", "matrix_instr_nonkdim": "nk", "kpack": "kp",
+          "maxnreg": "nreg"}
+
+
+def _encode_entry(e: PlanEntry) -> str:
+    cfg = ",".join(f"{k}={v}" for k, v in e.config_dict.items())
+    return f"{'*' if e.m_max is None else e.m_max}:{e.kernel}" + (f":{cfg}" if cfg else "")
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """M-bucketed kernel choices; ``rejected`` maps every listed kernel that is not used to why."""
+    """M-bucketed kernel choices for one problem on ``target``; ``rejected`` maps every kernel that is not
+    used to why; ``force``/``disabled`` are the selection options it was made with."""
 
     entries: tuple[PlanEntry, ...]
     rejected: tuple[tuple[str, str], ...] = ()
+    target: Target | None = None
+    force: str | None = None
+    disabled: tuple[str, ...] = ()
 
     def entry_for(self, m: int) -> PlanEntry:
         for e in self.entries:
@@ -154,35 +119,70 @@ class Plan:
         return tuple(seen)
 
     def encode(self) -> str:
-        """Compact text carried by the custom op's ``plan`` argument (readable in graph dumps)."""
-        parts = []
-        for e in self.entries:
-            cfg = ",".join(f"{k}={v}" for k, v in e.config)
-            parts.append(f"{'*' if e.m_max is None else e.m_max}:{e.kernel}" + (f":{cfg}" if cfg else ""))
-        return ";".join(parts)
+        """Compact text carried by the custom op's ``plan`` argument (readable in graph dumps)::
+
+            @target=hip:gfx942;1:triton_gemv:BLOCK_M=1,BLOCK_N=128,...,num_warps=4,num_stages=2;*:triton_gemm:...
+        """
+        head = []
+        if self.target is not None:
+            head.append(f"@target={self.target}")
+        if self.force:
+            head.append(f"@force={self.force}")
+        if self.disabled:
+            head.append(f"@disabled={','.join(self.disabled)}")
+        return ";".join(head + [_encode_entry(e) for e in self.entries])
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
     def decode(text: str) -> "Plan":
+        """The plan of :meth:`encode`'s text; raises TableError naming the part it cannot read."""
+        head: dict = {}
         entries = []
         for part in text.split(";"):
+            if part.startswith("@"):
+                key, _, value = part[1:].partition("=")
+                if key not in ("target", "force", "disabled"):
+                    raise TableError(f"plan {text!r}: unknown header {part!r}")
+                head[key] = value
+                continue
             bits = part.split(":", 2)
+            if len(bits) < 2:
+                raise TableError(f"plan {text!r}: cannot read entry {part!r} (expected 'M:kernel[:k=v,...]')")
             m_max = None if bits[0] == "*" else int(bits[0])
-            cfg = ()
+            kernel = bits[1]
+            if kernel not in KERNELS:
+                raise TableError(f"plan {text!r}: unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
+            values = {}
             if len(bits) == 3 and bits[2]:
-                cfg = tuple((k, int(v)) for k, v in (kv.split("=") for kv in bits[2].split(",")))
-            entries.append(PlanEntry(m_max, bits[1], cfg))
+                values = {k: int(v) for k, v in (kv.split("=") for kv in bits[2].split(","))}
+            spec = KERNELS[kernel]
+            cfg = launch = None
+            if spec.uses_triton:
+                target = Target.parse(head["target"]) if "target" in head else None
+                backend = target.backend if target is not None else (
+                    "hip" if set(values) & set(launch_options_class("hip").table_keys()) - {"num_warps",
+                                                                                            "num_stages"} else None)
+                cfg, launch = spec.parse(values, f"plan {text!r} entry {part!r}", backend=backend, table=False)
+            elif values:
+                raise TableError(f"plan {text!r}: {kernel} takes no config, got {values}")
+            entries.append(PlanEntry(m_max, kernel, cfg, launch))
         if not entries or entries[-1].m_max is not None:
             raise ValueError(f"plan {text!r} must end with an open bucket '*:'")
-        return Plan(tuple(entries))
+        return Plan(tuple(entries), target=Target.parse(head["target"]) if "target" in head else None,
+                    force=head.get("force") or None,
+                    disabled=tuple(d for d in head.get("disabled", "").split(",") if d))
 
-    def describe(self) -> str:
+    def buckets(self) -> tuple[tuple[str, PlanEntry], ...]:
+        """(``"lo..hi"``, entry) per M bucket (``hi`` empty for the open bucket)."""
         out, lo = [], 1
         for e in self.entries:
-            hi = "" if e.m_max is None else str(e.m_max)
-            out.append(f"M {lo}..{hi or 'inf'}: {e.kernel}")
+            out.append((f"{lo}..{'' if e.m_max is None else e.m_max}", e))
             lo = (e.m_max or 0) + 1
-        return "; ".join(out)
+        return tuple(out)
+
+    def describe(self) -> str:
+        """``M 1..4: triton_gemv 1x128x128 sk8 w4 st2; M 5..inf: ...`` -- the kernel that runs, with its config."""
+        return "; ".join(f"M {rng}{'inf' if rng.endswith('..') else ''}: {e.label()}" for rng, e in self.buckets())
 
 
 class NoKernelError(RuntimeError):
@@ -192,39 +192,120 @@ class NoKernelError(RuntimeError):
         super().__init__(f"no kernel can implement {problem} on {target}:\n{lines}")
 
 
+def _slot_entries(slot: str, problem: Problem, target: Target, triton_version):
+    """(source label, candidates) for one slot: table entries for a Triton slot, the kernel itself else."""
+    spec = KERNELS[slot]
+    if not spec.uses_triton:
+        return slot, (_configs.Candidate(slot, None, None),)
+    return _configs.candidates(target.arch, target.family, slot, problem.m, triton_version)
+
+
 def select(problem: Problem, target: Target, *, force: str | None = None, disabled: tuple[str, ...] = (),
            triton_version: str | None = None) -> Plan:
     """The plan for ``problem`` on ``target``; raises :class:`NoKernelError` listing every refusal."""
-    order = kernels_for(target)
+    slots = kernels_for(target)
     if force:
         if force not in KERNELS:
             raise ValueError(f"unknown kernel {force!r}; known: {sorted(KERNELS)}")
-        order = (force,)
+        if force not in slots and any(force in p for p in PRIORITY.values()):
+            slots = (force,)           # a slot of another family: its own refusal says why
+    disabled = tuple(disabled)
     entries: list[PlanEntry] = []
     first_refusal: dict[str, str] = {}
+    seen: list[str] = []               # kernels met, in order (for ``rejected``)
+
+    def refuse(kid, why):
+        first_refusal.setdefault(kid, why)
+
     for m in M_BUCKETS:
         p = problem.with_m(m)
         chosen = None
-        for kid in order:
-            if kid in disabled:
-                first_refusal.setdefault(kid, "disabled by option (disabled_kernels / AWQ_COMPILE_DISABLED_KERNELS)")
+        for slot in slots:
+            slot_spec = KERNELS[slot]
+            if slot not in seen and (not force or force == slot):
+                seen.append(slot)
+            if force and slot != force and not slot_spec.uses_triton:
                 continue
-            v = KERNELS[kid].can_implement(p, target, triton_version=triton_version)
-            if v.ok:
-                chosen = PlanEntry(m, kid, v.config)
+            if slot in disabled and not slot_spec.uses_triton:
+                refuse(slot, "disabled by option (disabled_kernels / AWQ_COMPILE_DISABLED_KERNELS)")
+                continue
+            why = slot_spec.reason(p, target)
+            if why:
+                refuse(slot, why)
+                continue
+            source, cands = _slot_entries(slot, p, target, triton_version)
+            if force:
+                cands = tuple(c for c in cands if c.kernel == force)
+                if not cands:
+                    if slot == force:
+                        refuse(force, f"no tuned config for M bucket {m} in {source}")
+                    continue
+            if not cands:
+                refuse(slot, f"no tuned config for M bucket {m} in {source}")
+                continue
+            drops = []
+            for c in cands:
+                spec = KERNELS[c.kernel]
+                if c.kernel not in seen:
+                    seen.append(c.kernel)
+                if c.kernel in disabled:
+                    why = "disabled by option (disabled_kernels / AWQ_COMPILE_DISABLED_KERNELS)"
+                elif c.kernel != slot:
+                    why = spec.reason(p, target)
+                else:
+                    why = None
+                if why is None and c.config is not None:
+                    why = c.shapes.reason(p.K, p.N) or c.config.check(c.launch, p, target.shared_memory)
+                if why is None:
+                    chosen = PlanEntry(m, c.kernel, c.config, c.launch)
+                    break
+                if c.kernel in disabled or c.kernel != slot:
+                    refuse(c.kernel, why)
+                drops.append(why)
+            if chosen is not None:
                 break
-            first_refusal.setdefault(kid, v.reason)
+            if c.config is None:
+                refuse(slot, drops[0])
+            else:
+                refuse(slot if not force else force, f"every config in {source} was pruned: {drops[0]}")
         if chosen is None:
-            reasons = {k: first_refusal.get(k, "not tried") for k in order}
+            names = (force,) if force else slots
+            reasons = {k: first_refusal.get(k, "not tried") for k in names}
             raise NoKernelError(p, target, reasons)
-        if entries and entries[-1].kernel == chosen.kernel and entries[-1].config == chosen.config:
-            entries[-1] = PlanEntry(m, chosen.kernel, chosen.config)
+        last = entries[-1] if entries else None
+        if last is not None and (last.kernel, last.config, last.launch) == (chosen.kernel, chosen.config,
+                                                                            chosen.launch):
+            entries[-1] = chosen
         else:
             entries.append(chosen)
     used = {e.kernel for e in entries}
-    rejected = []
-    for kid in kernels_for(target) if not force else order:
-        if kid in used:
-            continue
-        rejected.append((kid, first_refusal.get(kid, "lower priority: the kernels above cover every M")))
-    return Plan(tuple(entries), tuple(rejected))
+    rejected = tuple((kid, first_refusal.get(kid, "lower priority: the kernels above cover every M"))
+                     for kid in seen if kid not in used)
+    return Plan(tuple(entries), rejected, target=target, force=force or None, disabled=disabled)
+
+
+def _runs_on(plan: Plan, target: Target) -> bool:
+    if plan.target is not None:
+        return plan.target.family == target.family
+    # a plan written without a target (by hand, in a test): every kernel must run on this family
+    return all(target.family in KERNELS[e.kernel].families for e in plan.entries)
+
+
+def plan_for_device(plan: Plan, device_target: Target, problem: Problem) -> tuple[Plan, str | None]:
+    """The rule for a plan meeting a device: ``(plan, None)`` when the device is of the family the plan
+    was made for; otherwise ``(new plan for device_target, message)`` -- made with the plan's forced and
+    disabled kernels (the force is dropped, and the message says so, when that kernel cannot run there)."""
+    if _runs_on(plan, device_target):
+        return plan, None
+    made_for = plan.target if plan.target is not None else f"kernels {', '.join(plan.kernels)}"
+    base = problem.with_m(None)
+    note = ""
+    try:
+        new = select(base, device_target, force=plan.force, disabled=plan.disabled)
+    except NoKernelError:
+        if not plan.force:
+            raise
+        new = select(base, device_target, disabled=plan.disabled)
+        note = f" (the forced kernel {plan.force} cannot run there)"
+    return new, (f"the plan was made for {made_for} but the tensors are on a {device_target} device "
+                 f"({device_target.family} family); re-planned for {device_target}{note}: {new.describe()}")

@@ -86,7 +86,7 @@ def _compare(W: torch.Tensor, fmt: SourceFormat, qweight, qzeros, scales) -> tup
         bound = _rounding_bound(u.scales[g0:g1].repeat_interleave(G, 0)[: k1 - k0], W.dtype)
         diff = (got - ref).abs()
         if not bool((diff <= bound).all()):
-            bad = int((diff > bound).sum())
+            bad = int((~(diff <= bound)).sum())  # NaN counts as differing
             return False, False, (f"{bad} of {diff.numel()} weights in rows {k0}..{k1} differ by more than "
                                   f"rounding (max |diff| {float(diff.max()):.3g})")
     return True, exact, ""
@@ -170,8 +170,27 @@ def _ragged_groups(W: torch.Tensor, leaves: dict, K: int, N: int) -> str | None:
     return None
 
 
+def _nonfinite_scales(leaves: dict, N: int) -> str | None:
+    """NaN or Inf in a scales-shaped tensor: no layout can be verified, and the reason is the values."""
+    for t in leaves.values():
+        if t.is_floating_point() and t.dim() == 2 and t.shape[1] == N and t.numel():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                n_nan, n_bad = int(t.isnan().sum()), int(bad.sum())
+                what = " and ".join(f"{c} {k}" for c, k in ((n_nan, "NaN"), (n_bad - n_nan, "Inf")) if c)
+                g, n = (int(i) for i in bad.nonzero()[0])
+                return (f"the scales {str(t.dtype).removeprefix('torch.')}{list(t.shape)} hold {what} at compile "
+                        f"time (first at [{g}, {n}]), so the dequantisation cannot be verified against any 4-bit "
+                        "layout; the layer runs as written. If the checkpoint is loaded after compiling, load it "
+                        "first (or torch._dynamo.reset() and compile again once it is loaded)")
+    return None
+
+
 def diagnose(leaves: dict, K: int, N: int, W: torch.Tensor | None = None) -> str | None:
     """A specific, actionable reason for a refusal when one can be read off the tensors."""
+    nonfinite = _nonfinite_scales(leaves, N)
+    if nonfinite:
+        return nonfinite
     if W is not None:
         ragged = _ragged_groups(W, leaves, K, N)
         if ragged:

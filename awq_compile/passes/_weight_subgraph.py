@@ -74,6 +74,8 @@ class WeightSubgraph:
     inputs: list[torch.fx.Node] = dataclasses.field(default_factory=list)  # leaves that are graph inputs
                                        # not marked as parameters/buffers (see find_awq_linears)
     output: torch.fx.Node | None = None  # the weight node (the last node, unless in-place ops follow it)
+    sizes: list[torch.fx.Node] = dataclasses.field(default_factory=list)  # symbolic-size graph inputs
+                                       # (a dynamic graph's SymInts: in_features, group_size...)
 
 
 def _inputs(node):
@@ -105,10 +107,10 @@ def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = No
     values = values if values is not None else {}
     position = {n: i for i, n in enumerate(weight.graph.nodes)}
     limit = position[before] if before is not None else len(position)
-    seen, order, leaves, inputs = set(), [], [], []
+    seen, order, leaves, inputs, sizes = set(), [], [], [], []
     stack = [weight]
     while True:
-        sub = _walk(stack, seen, order, leaves, inputs, static, values, max_nodes)
+        sub = _walk(stack, seen, order, leaves, inputs, sizes, static, values, max_nodes)
         if sub is not None:
             return sub
         stack = _mutators(seen, position, limit)
@@ -118,7 +120,7 @@ def weight_subgraph(weight: torch.fx.Node, static: set, values: dict | None = No
         return WeightSubgraph([], [], "the weight reads no parameter or buffer; expected a weight computed from "
                                       "packed tensors held by the model")
     order.sort(key=position.__getitem__)
-    return WeightSubgraph(order, leaves, inputs=inputs, output=weight)
+    return WeightSubgraph(order, leaves, inputs=inputs, output=weight, sizes=sizes)
 
 
 _VIEW_NAMES = {"view", "reshape", "view_as", "reshape_as", "t", "transpose", "permute", "unsqueeze", "squeeze",
@@ -152,7 +154,7 @@ def _mutators(seen: set, position: dict, limit: int) -> list:
     return found
 
 
-def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
+def _walk(stack, seen, order, leaves, inputs, sizes, static, values, max_nodes):
     while stack:
         n = stack.pop()
         if n in seen:
@@ -161,6 +163,9 @@ def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
         if n.op in ("placeholder", "get_attr"):
             if n not in static:
                 v = values.get(n)
+                if isinstance(v, int) and not isinstance(v, bool) and _is_symbolic_size(n):
+                    sizes.append(n)  # a size of a dynamic graph (bound to the example's value)
+                    continue
                 if not isinstance(v, torch.Tensor):
                     return WeightSubgraph([], [], f"the weight depends on the runtime input '{n.name}' "
                                                   f"(a graph input that is a {_kind(v)}); expected a weight computed only "
@@ -182,6 +187,10 @@ def _walk(stack, seen, order, leaves, inputs, static, values, max_nodes):
     return None
 
 
+def _is_symbolic_size(node) -> bool:
+    return isinstance(node.meta.get("example_value", node.meta.get("val")), torch.SymInt)
+
+
 _IN_PLACE_FUNCS = {operator.iand, operator.ior, operator.ixor, operator.iadd, operator.isub, operator.imul,
                    operator.itruediv, operator.ifloordiv, operator.irshift, operator.ilshift, operator.setitem}
 
@@ -200,7 +209,7 @@ def _in_place(node) -> bool:
 def evaluate(sub: WeightSubgraph, values: dict, replace: dict | None = None) -> torch.Tensor:
     """Run the subgraph on the real tensors (``replace``: leaf -> another tensor to use instead);
     intermediates are freed as soon as their last use is done."""
-    env = {leaf: values[leaf] for leaf in sub.leaves}
+    env = {leaf: values[leaf] for leaf in [*sub.leaves, *sub.sizes]}
     env.update(replace or {})
     if any(_in_place(n) for n in sub.nodes):
         # never let the user's in-place ops touch their own tensors while we evaluate

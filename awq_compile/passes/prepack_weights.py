@@ -1,28 +1,76 @@
-"""Pass 5: repack the example weights now, at compile time, so the first call pays nothing.
+"""Transformation 3: repack the example weights now, at compile time, so the first call pays nothing.
 
+Reads the analysis only (the source tensors and the verified digests); the graph is returned as it is.
 Later instances that share the compiled graph are repacked on their first call (the op's cache).
 With ``reuse_weight_memory`` the example weights are rewritten in place into the standard layout
 (no second copy; the user's buffers then hold standard-layout bits, so their eager forward is no
 longer valid -- which is why it is opt-in).  Instances first seen at run time get a separate copy.
+
+:func:`weight_units` says what each launch of the rewritten graph reads -- one layer's tensors, or a
+merged group's parts -- so this pass and the backend's CUDA-graph weight check prepare the same thing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import torch
 
-from ..runtime.weights import weight_cache
-from .context import PassContext, log
+from ..runtime.weights import WeightCache, weight_cache
+from .records import Analysis, log
+
+__all__ = ["WeightUnit", "weight_units", "prepack_weights"]
 
 
-def prepack_weights(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    if ctx.options.analysis_only or not ctx.options.prepack:
+@dataclasses.dataclass(frozen=True)
+class WeightUnit:
+    """The weight tensors (as graph nodes) one launch reads, and how the cache prepares them."""
+
+    name: str
+    fmt: str
+    parts: tuple          # per part: (qweight, qzeros, scales) nodes
+    aux: tuple = ()
+    aux_digest: str = ""
+    merged: bool = False
+
+    def nodes(self) -> list:
+        return [n for p in self.parts for n in p if n is not None] + list(self.aux)
+
+    def prepare(self, cache: WeightCache, value_of: Callable, reuse: bool) -> None:
+        def v(n):
+            return None if n is None else value_of(n)
+
+        if self.merged:
+            cache.get_merged(self.fmt, [tuple(v(n) for n in p) for p in self.parts], layer=self.name)
+        else:
+            q, z, s = self.parts[0]
+            cache.get(self.fmt, v(q), v(z), v(s), [v(a) for a in self.aux], aux_digest=self.aux_digest,
+                      layer=self.name, reuse=reuse)
+
+
+def weight_units(analysis: Analysis) -> list[WeightUnit]:
+    grouped = {i for g in analysis.groups for i in g.members}
+    units = []
+    for i, layer in enumerate(analysis.layers):
+        if i not in grouped:
+            m = layer.match
+            units.append(WeightUnit(m.name, m.fmt, ((m.qweight, m.qzeros, m.scales),), tuple(m.aux),
+                                    m.aux_digest))
+    for g in analysis.groups:
+        ms = [analysis.layers[i].match for i in g.members]
+        units.append(WeightUnit(g.name, ms[0].fmt, tuple((m.qweight, m.qzeros, m.scales) for m in ms),
+                                merged=True))
+    return units
+
+
+def prepack_weights(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.GraphModule:
+    if not analysis.options.prepack or not analysis.layers:
         return gm
     cache = weight_cache()
-    for m in ctx.matches:
-        v = ctx.values
-        cache.get(m.fmt, v[m.qweight], v.get(m.qzeros) if m.qzeros is not None else None, v[m.scales],
-                  [v[a] for a in m.aux], aux_digest=m.aux_digest, layer=m.name,
-                  reuse=ctx.options.reuse_weight_memory)
-    if ctx.matches:
-        log.debug("prepacked %d layer(s); cache holds %d entries", len(ctx.matches), len(cache))
+    values = analysis.bindings.values
+    for unit in weight_units(analysis):
+        unit.prepare(cache, values.__getitem__, analysis.options.reuse_weight_memory)
+    log.debug("prepacked %d layer(s) in %d launch(es); cache holds %d entries", len(analysis.layers),
+              len(weight_units(analysis)), len(cache))
     return gm

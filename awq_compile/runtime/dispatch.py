@@ -1,20 +1,27 @@
-"""Run one plan entry: the bridge from a kernel id and config to the code that computes it."""
+"""Run one plan entry: the bridge from a kernel id and config to the code that computes it, and the rule
+for a plan meeting a device of another target family."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+
 import torch
 
-from ..formats.awq import unpack_n_sequential
-from ..formats.standard import dequantize_standard, unpack_k
-from ..kernels.registry import KERNELS, Plan, PlanEntry
+from ..formats.standard import dequantize_standard
 from ..kernels.problem import Problem
+from ..kernels.registry import Plan, PlanEntry, plan_for_device
+from ..target import Target, detect, interpreter_active
 from .weights import Prepared
 
-__all__ = ["run_entry", "entry_for_device"]
+__all__ = ["run_entry", "plan_on_device", "device_target"]
+
+log = logging.getLogger("awq_compile")
 
 
 def _torch_dequant(x2d, prepared: Prepared, std, bias):
-    q, qz, s = std
+    q, qz, s = std.qweight, std.qzeros, std.scales
     if x2d.device.type == "cpu":
         # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
         w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
@@ -25,65 +32,62 @@ def _torch_dequant(x2d, prepared: Prepared, std, bias):
 
 
 def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
-    form = prepared.extra.get(("cpu_int4pack", x2d.dtype))
-    if form is None:
-        q, qz, s = std
-        codes = unpack_k(q)                                    # [K, N] uint8
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes.t().contiguous().to(torch.int32), 1)
-        s32 = s.to(torch.float32)
-        z = 8.0 if qz is None else unpack_n_sequential(qz).to(torch.float32)
-        # tinygemm computes (q - 8) * scale + zero, so zero = (8 - z) * scale
-        scale_zero = torch.stack([s32, (8.0 - z) * s32], dim=-1).to(x2d.dtype).contiguous()
-        form = (packed, scale_zero)
-        prepared.extra[("cpu_int4pack", x2d.dtype)] = form
-    packed, scale_zero = form
-    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), packed, prepared.group_size, scale_zero)
+    form = prepared.form("cpu_int4pack", std.qweight, std.scales, std.qzeros, x2d.dtype)
+    out = torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), form.qweight, form.group_size, form.scales)
     return out if bias is None else out + bias
 
 
-def _triton(kernel_id):
-    def run(x2d, prepared: Prepared, std, bias, cfg):
-        from ..kernels import triton_w4a16
+def _triton(x2d, prepared: Prepared, std, bias, entry: PlanEntry, target: Target):
+    from ..kernels.triton.launch import run
 
-        q, qz, s = std
-        out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
-        return triton_w4a16.launch(kernel_id, x2d.contiguous(), q, qz, s, bias, out, prepared.group_size, cfg)
-    return run
+    q, qz, s = std.qweight, std.qzeros, std.scales
+    out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
+    return run(entry.kernel, entry.config, entry.launch, x2d.contiguous(), q, qz, s, bias, out,
+               prepared.group_size, target, interpret=_interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreting() -> bool:
+    return interpreter_active()
 
 
 _RUNNERS = {
-    "torch_dequant": lambda x, p, std, b, cfg: _torch_dequant(x, p, std, b),
-    "cpu_int4pack": lambda x, p, std, b, cfg: _cpu_int4pack(x, p, std, b),
-    "triton_gemm": _triton("triton_gemm"),
-    "triton_gemv": _triton("triton_gemv"),
-    "triton_dequant_mm": _triton("triton_dequant_mm"),
+    "torch_dequant": lambda x, p, std, b: _torch_dequant(x, p, std, b),
+    "cpu_int4pack": lambda x, p, std, b: _cpu_int4pack(x, p, std, b),
 }
 
 
-def entry_for_device(plan: Plan, m: int, device: torch.device, problem: Problem) -> PlanEntry:
-    """The plan's entry for M, unless the tensors live where that kernel cannot run.
-
-    A plan made for a GPU target can meet CPU tensors (explain for ``hip:gfx942`` on a laptop, then a
-    real call); those run the CPU path -- torch's int4 kernel where it applies, else dequant + matmul.
-    """
-    entry = plan.entry_for(m)
-    on_cpu = device.type == "cpu"
-    kernel = KERNELS[entry.kernel]
-    if on_cpu and "cpu" in kernel.families:
-        return entry
-    if not on_cpu and (kernel.uses_triton or entry.kernel == "torch_dequant"):
-        return entry
-    if on_cpu:
-        from ..target import Target
-
-        if KERNELS["cpu_int4pack"].can_implement(problem.with_m(m), Target("cpu")).ok:
-            return PlanEntry(entry.m_max, "cpu_int4pack")
-    return PlanEntry(entry.m_max, "torch_dequant")
+@functools.lru_cache(maxsize=None)
+def device_target(device_type: str, index: int | None) -> Target:
+    """The target of a device the op meets (detected once per device)."""
+    return detect(torch.device(device_type, index) if index is not None else torch.device(device_type))
 
 
-def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias):
-    """Run ``entry`` on the op's source tensors, resolved to the standard layout through ``prepared``."""
+_WARNED: set = set()
+
+
+def plan_on_device(plan: Plan, device: torch.device, problem: Problem, layer: str) -> Plan:
+    """``plan`` if it was made for the family of ``device``'s target, else the registry's rule
+    (:func:`~awq_compile.kernels.registry.plan_for_device`): re-planned for the device's target, with one
+    warning per (layer, plan target, device target).  The result always carries a target."""
+    target = device_target(device.type, device.index)
+    resolved, why = plan_for_device(plan, target, problem)
+    if why:
+        key = (layer, str(plan.target), str(target))
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("awq_compile: layer '%s': %s", layer or "?", why)
+    if resolved.target is None:
+        resolved = dataclasses.replace(resolved, target=target)
+    return resolved
+
+
+def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias, *, target: Target):
+    """Run ``entry`` of a plan for ``target`` (from :func:`plan_on_device`) on the op's source tensors,
+    resolved to the standard layout through ``prepared``."""
     if bias is not None and bias.dtype != x2d.dtype:
         bias = bias.to(x2d.dtype)
     std = prepared.standard(qweight, scales, qzeros)
-    return _RUNNERS[entry.kernel](x2d, prepared, std, bias, entry.config_dict)
+    if entry.config is not None:
+        return _triton(x2d, prepared, std, bias, entry, target)
+    return _RUNNERS[entry.kernel](x2d, prepared, std, bias)

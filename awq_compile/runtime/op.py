@@ -10,8 +10,16 @@
   (:mod:`.weights`), repacking on first sight.
 * ``aux`` are the other tensors the user's dequant read (reorder index, g_idx), checked against
   ``aux_digest`` whenever new weights appear.
-* ``plan`` is the compile-time M -> (kernel, config) table (:class:`~.registry.Plan`); the choice by M
-  happens here, at run time, so one compiled graph serves every batch size.
+* ``plan`` is a plan request (:mod:`.planning`: target, forced / disabled kernels), resolved here for
+  the call's concrete (K, N, M) and cached, so one compiled graph serves every layer shape and batch
+  size; a fixed encoded :class:`~awq_compile.kernels.registry.Plan` is accepted too.  Either way the plan
+  records its target, and the tensors' device is checked against that target's family once per device:
+  on another family the plan is made again for the device's target and a warning names the layer
+  (:func:`.dispatch.plan_on_device`).
+
+Autograd: ``x``, ``scales`` (when it is a parameter that requires grad) and ``bias`` get gradients;
+the backward is a second opaque op, ``w4a16_linear_backward``, that reads the weights through the same
+cache (so it sees the layout the cache says the buffers hold, also after an in-place repack).
 
 The op is opaque to Inductor (a ``custom_op`` with a fake implementation for shape propagation and
 dynamic shapes).  Registration happens when this module is first imported, which the backend does.
@@ -19,17 +27,19 @@ dynamic shapes).  Registration happens when this module is first imported, which
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
 
 from ..formats.sources import get_format
-from .dispatch import entry_for_device, run_entry
+from ..formats.standard import dequantize_standard
+from .dispatch import plan_on_device, run_entry
 from ..kernels.problem import Problem
-from ..kernels.registry import Plan
+from .planning import resolve
 from .weights import weight_cache
 
-__all__ = ["w4a16_linear", "check_inputs"]
+__all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs"]
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -68,6 +78,15 @@ def check_inputs(x, qweight, qzeros, scales, bias, layer: str, fmt: str, group_s
     return K, N
 
 
+@functools.lru_cache(maxsize=4096)
+def plan_for_call(plan: str, layer: str, device_type: str, device_index, problem: Problem):
+    """The plan argument resolved for ``problem`` and checked against the device, once per (plan, layer,
+    device, problem): the registry's rule re-plans (and warns once naming the layer) when the device is of
+    another target family."""
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    return plan_on_device(resolve(plan, problem, layer), device, problem, layer)
+
+
 @torch.library.custom_op("awq_compile::w4a16_linear", mutates_args=())
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
                  bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
@@ -80,8 +99,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
         return x.new_empty((*x.shape[:-1], N))
     problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
                       has_bias=bias is not None)
-    entry = entry_for_device(Plan.decode(plan), M, x.device, problem)
-    out = run_entry(entry, x2d, prepared, qweight, qzeros, scales, bias)
+    resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
+    out = run_entry(resolved.entry_for(M), x2d, prepared, qweight, qzeros, scales, bias, target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
 
 
@@ -91,20 +110,65 @@ def _(x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_d
     return x.new_empty((*x.shape[:-1], N))
 
 
+@torch.library.custom_op("awq_compile::w4a16_linear_backward", mutates_args=())
+def w4a16_linear_backward(grad: torch.Tensor, x: Optional[torch.Tensor], qweight: torch.Tensor,
+                          qzeros: Optional[torch.Tensor], scales: torch.Tensor, aux: List[torch.Tensor], layer: str,
+                          fmt: str, group_size: int, aux_digest: str, need_x: bool,
+                          need_scales: bool) -> List[torch.Tensor]:
+    """``[grad_x, grad_scales]`` of ``y = x @ W``, ``W = (q - z) * s``; an unneeded one is an empty tensor.
+
+    Opaque like the forward: the weights are read through the cache, whose value says which layout they
+    are in (with ``reuse_weight_memory`` the source buffers themselves hold the standard layout).
+    """
+    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer)
+    std = prepared.standard(qweight, scales, qzeros)
+    q, qz, s = std.qweight, std.qzeros, std.scales
+    K, N = std.K, std.N
+    g2d = grad.reshape(-1, N)
+    out = []
+    if need_x:
+        w = dequantize_standard(q, qz, s, group_size, torch.float32)
+        out.append((g2d.to(torch.float32) @ w.t()).to(grad.dtype).reshape(*grad.shape[:-1], K))
+    else:
+        out.append(grad.new_empty(0))
+    if need_scales:
+        # dL/ds[g, n] = sum over the group's rows k of (q - z)[k, n] * (x^T grad)[k, n]
+        codes = dequantize_standard(q, qz, torch.ones_like(s, dtype=torch.float32), group_size, torch.float32)
+        gw = x.reshape(-1, K).to(torch.float32).t() @ g2d.to(torch.float32)
+        out.append((codes * gw).view(K // group_size, group_size, N).sum(1).to(scales.dtype))
+    else:
+        out.append(scales.new_empty(0))
+    return out
+
+
+@w4a16_linear_backward.register_fake
+def _(grad, x, qweight, qzeros, scales, aux, layer, fmt, group_size, aux_digest, need_x, need_scales):
+    K = scales.shape[0] * group_size
+    gx = grad.new_empty((*grad.shape[:-1], K)) if need_x else grad.new_empty(0)
+    gs = scales.new_empty(scales.shape) if need_scales else scales.new_empty(0)
+    return [gx, gs]
+
+
 def _setup_context(ctx, inputs, output):
     x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_digest = inputs
-    ctx.save_for_backward(qweight, qzeros, scales)
-    ctx.meta = (fmt, group_size, bias is not None, len(aux))
+    need_scales = bool(ctx.needs_input_grad[3])
+    ctx.save_for_backward(x if need_scales else None, qweight, qzeros, scales, *aux)
+    ctx.meta = (layer, fmt, group_size, aux_digest, bias is not None, len(aux), need_scales)
 
 
 def _backward(ctx, grad):
-    # d/dx of x @ W is grad @ W^T; the weights themselves are constants (no gradient).
-    qweight, qzeros, scales = ctx.saved_tensors
-    fmt, group_size, has_bias, n_aux = ctx.meta
-    w = get_format(fmt).to_unpacked(qweight, qzeros, scales).dequantize(grad.dtype)
-    grad_x = grad @ w.t()
-    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias else None
-    return grad_x, None, None, None, grad_bias, [None] * n_aux, None, None, None, None, None
+    # Integer weights have no gradient; x, scales and bias do.
+    x, qweight, qzeros, scales, *aux = ctx.saved_tensors
+    layer, fmt, group_size, aux_digest, has_bias, n_aux, need_scales = ctx.meta
+    need_x = bool(ctx.needs_input_grad[0])
+    grad_x = grad_scales = None
+    if need_x or need_scales:
+        gx, gs = w4a16_linear_backward(grad, x, qweight, qzeros, scales, list(aux), layer, fmt, group_size,
+                                       aux_digest, need_x, need_scales)
+        grad_x = gx if need_x else None
+        grad_scales = gs if need_scales else None
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias and ctx.needs_input_grad[4] else None
+    return grad_x, None, None, grad_scales, grad_bias, [None] * n_aux, None, None, None, None, None
 
 
 w4a16_linear.register_autograd(_backward, setup_context=_setup_context)

@@ -7,35 +7,54 @@ baked into the graph: the op looks them up here, keyed on the identity of the so
 
 * a second model instance, or another block sharing the compiled graph, gets its own repack;
 * an in-place reload (``load_state_dict``, ``copy_``) bumps the version and triggers a fresh repack;
-* a freed model's entries expire (weak references to the storages) instead of aliasing new tensors
-  that happen to reuse the address.
+* a freed model's entries go when their sources die: a finalizer on each source storage removes the
+  entry (and the repacked memory with it) at once, so nothing outlives the model and a new tensor that
+  reuses the address never meets a stale entry.
 
-The cache holds only what it derived (standard-layout qweight and zeros, kernel-specific forms); tensors
-usable as they are (scales, an already-standard qweight) are taken from the op's arguments at call time,
-so the cache never keeps a user's model alive.
+Inference tensors (created under ``torch.inference_mode()``) carry no version counter, so an in-place
+write to them (``load_state_dict`` inside inference mode) leaves no trace the cache could check, and
+there is no exact and cheap substitute (only a full content comparison per call).  Their derived
+forms are therefore never cached: each call converts from the tensors as they are (correct, at about
+the cost of the user's own eager dequant), and the layer says so once at warning level with the fix
+-- create or load the model outside inference mode; running it under inference mode is fine, since
+normal tensors keep counting versions there.  Nor are such tensors ever rewritten in place.
+
+The value of an entry (:class:`Prepared`) says which layout each tensor holds: :meth:`Prepared.standard`
+returns a :class:`~awq_compile.formats.Packed` in the ``standard`` layout, :meth:`Prepared.form` a
+kernel-specific one (``cpu_int4pack``), both built by :func:`awq_compile.formats.convert` -- the forward's
+dispatch and the backward read the layout from there.  The cache holds only what it derived
+(standard-layout qweight and zeros, kernel-specific forms); tensors usable as they are (scales, an
+already-standard qweight) are taken from the op's arguments at call time, so the cache never keeps a
+user's model alive.
 
 Memory: by default the repacked copy lives beside the user's AWQ buffers (about 2x the weight memory).
 With ``reuse=True`` (the backend's opt-in ``reuse_weight_memory`` option) an AWQ-layout ``qweight`` /
 ``qzeros`` is rewritten *in place*, chunk by chunk, into the standard layout -- the two layouts have the
 same number of int32 words and a chunk of K rows occupies the same memory range in both -- so nothing
 beyond one chunk's temporaries is ever allocated and the weights held stay at 1.0x the AWQ size.  The
-user's tensors then hold standard-layout bits (their eager dequant is no longer valid); their storages
-are remembered so that they are never converted twice.
+user's tensors then hold standard-layout bits (their eager dequant is no longer valid); the cache
+remembers those buffers (until they die or are written again) so that they are never converted twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import logging
 import threading
 import weakref
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ..formats.sources import chunk_rows, get_format
+from ..formats.convert import convert, in_place_target
+from ..formats.packed import Packed
+from ..formats.sources import get_format
 
-__all__ = ["Prepared", "WeightCache", "weight_cache", "digest"]
+__all__ = ["Prepared", "WeightCache", "weight_cache", "digest", "watch_signature"]
+
+log = logging.getLogger("awq_compile")
 
 
 def _version(t: torch.Tensor):
@@ -43,6 +62,12 @@ def _version(t: torch.Tensor):
         return t._version
     except RuntimeError:  # inference tensors carry no version counter
         return None
+
+
+def watch_signature(tensors) -> tuple:
+    """A cheap value that changes when any of ``tensors`` is another tensor or was written since: the
+    backend compares it call to call to know when the cache must look at a call's weights again."""
+    return tuple((id(t), _version(t)) for t in tensors)
 
 
 def _ident(t: torch.Tensor) -> tuple:
@@ -62,101 +87,68 @@ def digest(tensors) -> str:
 
 @dataclasses.dataclass
 class Prepared:
-    """Derived tensors for one layer; ``None`` fields mean 'use the op's argument as it is'."""
+    """The cache's value for one layer.  ``None`` tensors mean 'the op's argument, as the layout says'."""
 
-    fmt: str
+    fmt: str                          # the source format of the op's arguments
     group_size: int
-    qweight: torch.Tensor | None      # int32 [K/8, N]
-    qzeros: torch.Tensor | None       # int32 [K/G, N/8] (None with has_zeros=False)
+    qweight: torch.Tensor | None      # derived standard int32 [K/8, N]; None: the argument holds it
+    qzeros: torch.Tensor | None       # derived standard int32 [K/G, N/8]; None: the argument (or no zeros)
     has_zeros: bool
-    extra: dict = dataclasses.field(default_factory=dict)   # kernel id -> kernel-specific form
-    in_place: bool = False            # the op's own qweight/qzeros hold the standard layout (reuse)
+    in_place: bool = False            # the op's own qweight/qzeros were rewritten into the standard layout
+    forms: dict = dataclasses.field(default_factory=dict)   # (layout, dtype) -> Packed, kernel-specific
 
-    def standard(self, qweight, scales, qzeros=None):
-        """(qweight_std, qzeros_std, scales) for the kernels."""
-        if self.in_place:
-            # views of the arguments: the cache keeps no reference to the user's storage
-            K, W = qweight.shape
-            return qweight.view(K // 8, W * 8), (qzeros if self.has_zeros else None), scales
-        return (self.qweight if self.qweight is not None else qweight,
-                self.qzeros if self.has_zeros else None, scales)
+    def standard(self, qweight, scales, qzeros=None) -> Packed:
+        """The weight in the ``standard`` layout the kernels and the backward read."""
+        q = self.qweight
+        if q is None:
+            # in place: a view of the argument (the cache keeps no reference to the user's storage)
+            q = qweight.view(qweight.shape[0] // 8, qweight.shape[1] * 8) if self.in_place else qweight
+        z = None
+        if self.has_zeros:
+            z = self.qzeros if self.qzeros is not None else qzeros
+        return Packed("standard", q, z, scales, self.group_size)
+
+    def form(self, layout: str, qweight, scales, qzeros, dtype: torch.dtype) -> Packed:
+        """A kernel-specific layout, converted from :meth:`standard` on first use and kept with the entry."""
+        f = self.forms.get((layout, dtype))
+        if f is None:
+            with torch.no_grad():
+                f = convert(self.standard(qweight, scales, qzeros), layout, dtype=dtype)
+            self.forms[(layout, dtype)] = f
+        return f
 
     def nbytes(self) -> int:
+        """Bytes this value holds (the tensors it derived)."""
         n = sum(t.numel() * t.element_size() for t in (self.qweight, self.qzeros) if t is not None)
-        for v in self.extra.values():
-            for t in (v if isinstance(v, tuple) else (v,)):
-                if isinstance(t, torch.Tensor):
-                    n += t.numel() * t.element_size()
-        return n
+        return n + sum(f.nbytes() for f in self.forms.values())
 
 
-# storages rewritten in place into the standard layout:
-# (cdata, offset, shape) -> (weak ref of the storage, version counter right after the rewrite)
-_REWRITTEN: dict[tuple, tuple] = {}
+def _storages(tensors):
+    seen = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen.setdefault(st._cdata, st)
+    return list(seen.values())
 
 
-def _rewritten_key(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape))
-
-
-def was_rewritten(t: torch.Tensor | None) -> bool:
-    """True when ``t``'s memory holds what :func:`repack_in_place` wrote and nothing has written since
-    (a later ``load_state_dict`` puts AWQ bits back and bumps the version: then it is AWQ again)."""
-    if t is None:
-        return False
-    key = _rewritten_key(t)
-    rec = _REWRITTEN.get(key)
-    if rec is None:
-        return False
-    ref, version = rec
-    if ref.expired() or version != _version(t):
-        del _REWRITTEN[key]
-        return False
-    return True
-
-
-def repack_in_place(src, qweight: torch.Tensor, qzeros: torch.Tensor | None, *, rows: int | None = None):
-    """Rewrite AWQ (N-packed) ``qweight``/``qzeros`` into the standard layout in their own memory.
-
-    Returns ``(qweight_std, qzeros_std)``: views [K/8, N] and [K/G, N/8] of the same storages.  Row chunks of
-    K are converted through a temporary copy of the chunk only (no full-size temporaries).
-    """
-    from ..formats.standard import pack_k
-    from ..formats.awq import pack_n_sequential
-
-    if not qweight.is_contiguous() or (qzeros is not None and not qzeros.is_contiguous()):
-        raise ValueError("in-place repack needs contiguous qweight/qzeros")
-    K, W = qweight.shape
-    N = W * 8
-    if rows is None:
-        rows = chunk_rows(K, N)
-    flat = qweight.view(-1)
-    with torch.no_grad():
-        for k0 in range(0, K, rows):
-            k1 = min(K, k0 + rows)
-            block = pack_k(src.unpack_weight(qweight[k0:k1]))      # [(k1-k0)/8, N]; reads before the write
-            flat[k0 * W:k1 * W].copy_(block.view(-1))
-        q_std = flat.view(K // 8, N)
-        z_std = None
-        if qzeros is not None:
-            z = pack_n_sequential(src.zeros_of(qzeros))
-            qzeros.copy_(z)
-            z_std = qzeros
-    for t in (qweight, qzeros):
-        if t is not None:
-            _REWRITTEN[_rewritten_key(t)] = (StorageWeakRef(t.untyped_storage()), _version(t))
-    for k in [k for k, (r, _) in _REWRITTEN.items() if r.expired()]:
-        del _REWRITTEN[k]
-    return q_std, z_std
+def _finalizers(storages, callback, *args):
+    out = []
+    for st in storages:
+        f = weakref.finalize(st, callback, *args)
+        f.atexit = False
+        out.append(f)
+    return out
 
 
 class _Entry:
-    __slots__ = ("refs", "versions", "prepared")
+    __slots__ = ("refs", "versions", "prepared", "serial", "finalizers")
 
-    def __init__(self, sources, prepared):
+    def __init__(self, sources, prepared, serial):
         self.refs = [StorageWeakRef(t.untyped_storage()) for t in sources]
         self.versions = [_version(t) for t in sources]
         self.prepared = prepared
+        self.serial = serial
+        self.finalizers: list = []
 
     def valid_for(self, sources) -> bool:
         for ref, ver, t in zip(self.refs, self.versions, sources):
@@ -167,22 +159,76 @@ class _Entry:
     def expired(self) -> bool:
         return any(r.expired() for r in self.refs)
 
+    def detach(self) -> None:
+        for f in self.finalizers:
+            f.detach()
+        self.finalizers = []
+
+
+def _buffer_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape))
+
+
+def _on_source_death(cache_ref, table: str, key, serial) -> None:
+    """Finalizer of a source storage: drop what was derived from it, now (not at some later lookup)."""
+    cache = cache_ref()
+    if cache is not None:
+        cache._forget(table, key, serial)
+
 
 class WeightCache:
     def __init__(self):
         self._entries: dict[tuple, _Entry] = {}
-        self._lock = threading.Lock()
+        # buffers this cache rewrote in place: key -> (storage weak ref, version after the write, serial, finalizers)
+        self._rewritten: dict[tuple, tuple] = {}
+        self._lock = threading.RLock()   # re-entrant: a finalizer may run inside a locked section (GC)
+        self._serial = itertools.count()
         self.repacks = 0  # how many conversions ran (tests and explain read it)
+        self._warned_uncached: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
+        """Drop every entry (the record of buffers rewritten in place stays: it describes user memory)."""
         with self._lock:
+            for e in list(self._entries.values()):
+                e.detach()
             self._entries.clear()
 
     def nbytes(self) -> int:
-        return sum(e.prepared.nbytes() for e in self._entries.values())
+        return sum(e.prepared.nbytes() for e in list(self._entries.values()))
+
+    def _forget(self, table: str, key, serial) -> None:
+        with self._lock:
+            d = self._entries if table == "entries" else self._rewritten
+            rec = d.get(key)
+            if rec is None:
+                return
+            if table == "entries" and rec.serial == serial:
+                del d[key]
+                rec.detach()
+            elif table == "rewritten" and rec[2] == serial:
+                del d[key]
+                for f in rec[3]:
+                    f.detach()
+
+    def _holds_standard(self, t: torch.Tensor | None) -> bool:
+        """True when this cache rewrote ``t``'s memory into the standard layout and nothing wrote since
+        (a later ``load_state_dict`` puts AWQ bits back and bumps the version: then it is AWQ again)."""
+        if t is None:
+            return False
+        rec = self._rewritten.get(_buffer_key(t))
+        return rec is not None and not rec[0].expired() and rec[1] == _version(t)
+
+    def _remember_rewritten(self, t: torch.Tensor) -> None:
+        key, serial = _buffer_key(t), next(self._serial)
+        old = self._rewritten.pop(key, None)
+        if old is not None:
+            for f in old[3]:
+                f.detach()
+        fins = _finalizers([t.untyped_storage()], _on_source_death, weakref.ref(self), "rewritten", key, serial)
+        self._rewritten[key] = (StorageWeakRef(t.untyped_storage()), _version(t), serial, fins)
 
     def get(self, fmt: str, qweight, qzeros, scales, aux=(), *, aux_digest: str = "", layer: str = "",
             reuse: bool = False) -> Prepared:
@@ -196,42 +242,136 @@ class WeightCache:
         return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse)
 
     def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse=False) -> Prepared:
-        if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
-                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
-                "with these weights before capturing")
         if aux and aux_digest and digest(aux) != aux_digest:
             raise RuntimeError(
                 f"awq_compile: layer '{layer}': an auxiliary tensor of the dequantisation (reorder index or "
                 "g_idx) differs from the one verified at compile time; the rewrite is not valid for these "
                 "weights. Recompile (torch._dynamo.reset()) or keep those tensors identical across instances")
         src = get_format(fmt)
-        zeros_src = qzeros if src.has_zeros else None
-        # already rewritten in place by an earlier repack and untouched since (its entry was dropped)
-        rewritten = src.packed_along == "N" and was_rewritten(qweight) and (
-            zeros_src is None or was_rewritten(zeros_src))
+        w = Packed(fmt, qweight, qzeros if src.has_zeros else None, scales,
+                   src.qweight_rows_to_k(qweight.shape[0]) // scales.shape[0])
+        if any(t.is_inference() for t in sources):
+            return self._uncached(w, layer)
+        # (a per-call conversion inside a CUDA-graph capture is recorded and replayed: it stays correct)
+        if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
+                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
+                "with these weights before capturing")
+        rewritten = src.packed_along == "N" and self._holds_standard(qweight) and (
+            w.qzeros is None or self._holds_standard(w.qzeros))
         can_rewrite = reuse and src.packed_along == "N" and qweight.is_contiguous() and (
-            qzeros is None or qzeros.is_contiguous())
+            w.qzeros is None or w.qzeros.is_contiguous())
         if rewritten or can_rewrite:
             if not rewritten:
-                repack_in_place(src, qweight, zeros_src)  # _Entry below records the versions after the write
-            prepared = Prepared(fmt, qweight.shape[0] // scales.shape[0], None, None, src.has_zeros, in_place=True)
+                convert(w, "standard", out=in_place_target(w))   # the entry below records the versions after
+                for t in (w.qweight, w.qzeros):
+                    if t is not None:
+                        self._remember_rewritten(t)
+            prepared = Prepared(fmt, w.group_size, None, None, src.has_zeros, in_place=True)
         else:
-            with torch.no_grad():
-                std = src.to_standard(qweight, qzeros, scales)
-            prepared = Prepared(fmt, std.group_size, None if std.qweight is qweight else std.qweight,
-                                std.qzeros, src.has_zeros)
+            std = convert(w, "standard")
+            prepared = Prepared(fmt, w.group_size, None if std.qweight is qweight else std.qweight,
+                                None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros)
         if qweight.is_cuda:
             # the split-K workspace must exist before any CUDA-graph warm-up or capture runs the kernels
-            from ..kernels.triton_w4a16 import reserve_workspace
+            from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(qweight.device, scales.shape[1])
         with self._lock:
-            for k in [k for k, e in self._entries.items() if e.expired()]:
-                del self._entries[k]
-            self._entries[key] = _Entry(sources, prepared)
+            entry = _Entry(sources, prepared, next(self._serial))
+            entry.finalizers = _finalizers(_storages(sources), _on_source_death, weakref.ref(self), "entries",
+                                           key, entry.serial)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                old.detach()
+            self._entries[key] = entry
             self.repacks += 1
         return prepared
+
+    def get_merged(self, fmt: str, parts, *, layer: str = "") -> "MergedPrepared":
+        """One standard-layout weight for several layers that read the same input (q/k/v, gate/up):
+        ``parts`` is a list of ``(qweight, qzeros, scales)`` in the source format, concatenated
+        along N in that order.  Keyed and validated like :meth:`get` on every part's tensors, and dropped
+        when any of their storages dies; never rewritten in place (the parts live in separate storages)."""
+        sources = [t for part in parts for t in part if t is not None]
+        key = ("merged", fmt) + tuple(_ident(t) for t in sources)
+        entry = self._entries.get(key)
+        if entry is not None and entry.valid_for(sources):
+            return entry.prepared
+        src = get_format(fmt)
+        if any(t.is_inference() for t in sources):
+            self._warn_uncached(layer)
+            return _merge(src, parts)
+        q0 = parts[0][0]
+        if q0.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"awq_compile: merged layer '{layer}': its weights were not repacked before CUDA-graph capture "
+                "(new or modified weight tensors reached a captured graph); run the model once eagerly "
+                "with these weights before capturing")
+        merged = _merge(src, parts)
+        if q0.is_cuda:
+            from ..kernels.triton.launch import reserve_workspace
+            reserve_workspace(q0.device, merged.scales.shape[1])
+        with self._lock:
+            entry = _Entry(sources, merged, next(self._serial))
+            entry.finalizers = _finalizers(_storages(sources), _on_source_death, weakref.ref(self), "entries",
+                                           key, entry.serial)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                old.detach()
+            self._entries[key] = entry
+            self.repacks += 1
+        return merged
+
+    def _uncached(self, w: Packed, layer: str) -> Prepared:
+        """Inference tensors: convert for this call only (see the module docstring)."""
+        self._warn_uncached(layer)
+        if w.qweight.is_cuda:
+            from ..kernels.triton.launch import reserve_workspace
+            reserve_workspace(w.qweight.device, w.N)
+        std = convert(w, "standard")
+        self.repacks += 1
+        return Prepared(w.layout, w.group_size, None if std.qweight is w.qweight else std.qweight,
+                        None if std.qzeros is w.qzeros else std.qzeros, get_format(w.layout).has_zeros)
+
+    def _warn_uncached(self, layer: str) -> None:
+        if layer not in self._warned_uncached:
+            self._warned_uncached.add(layer)
+            log.warning(
+                "awq_compile: layer '%s': its weights are inference tensors (created under "
+                "torch.inference_mode()), which carry no version counter, so an in-place reload could not be "
+                "seen; their repacked form is rebuilt on every call instead of cached (slower). Create or load "
+                "the model outside torch.inference_mode() (running it under inference mode is fine)", layer)
+
+
+@dataclasses.dataclass
+class MergedPrepared:
+    """The cache's value for a merged group: the parts' weights concatenated along N, standard layout."""
+
+    prepared: Prepared                # owns the concatenated qweight / qzeros
+    scales: torch.Tensor              # [K/G, sum N]
+    widths: tuple                     # N of each part, in order
+
+    def standard(self) -> Packed:
+        return self.prepared.standard(self.prepared.qweight, self.scales, self.prepared.qzeros)
+
+    def nbytes(self) -> int:
+        return self.prepared.nbytes() + self.scales.numel() * self.scales.element_size()
+
+
+def _merge(src, parts) -> MergedPrepared:
+    """Convert each part to the standard layout and concatenate along N (qzeros pack along N in whole
+    8-column words, so N % 8 == 0 per part keeps the words aligned)."""
+    stds = []
+    with torch.no_grad():
+        for qweight, qzeros, scales in parts:
+            G = src.qweight_rows_to_k(qweight.shape[0]) // scales.shape[0]
+            stds.append(convert(Packed(src.name, qweight, qzeros if src.has_zeros else None, scales, G), "standard"))
+        q = torch.cat([w.qweight for w in stds], dim=1)
+        z = torch.cat([w.qzeros for w in stds], dim=1) if src.has_zeros else None
+        s = torch.cat([w.scales for w in stds], dim=1)
+    return MergedPrepared(Prepared(src.name, stds[0].group_size, q, z, src.has_zeros), s,
+                          tuple(w.N for w in stds))
 
 
 _CACHE: WeightCache | None = None
@@ -246,7 +386,3 @@ def weight_cache() -> WeightCache:
             if _CACHE is None:
                 _CACHE = WeightCache()
     return _CACHE
-
-
-# keep weakref imported for readers looking for how expiry works
-_ = weakref

@@ -96,6 +96,8 @@ def test_evaluate_rules():
     assert "exceeds the 65536 B limit" in check_target.evaluate(_report(shared=65537), t)[0]
     assert "without matrix instructions" in check_target.evaluate(_report(matrix_instructions=()), t)[0]
     assert check_target.evaluate(_report(kernel="triton_gemv", matrix_instructions=()), t) == []
+    assert "without matrix instructions" in check_target.evaluate(
+        _report(kernel="triton_gemm_planes", matrix_instructions=()), t)[0]
     assert "bytes" in check_target.evaluate(_report(target="cuda:sm90", spills=16), Target.parse("cuda:sm90"))[0]
 
 
@@ -118,6 +120,7 @@ def test_check_target_passes(spec, warm_ci_targets, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert " 0 failing" in out and "triton_gemm" in out and "triton_gemv" in out
+    assert "report cache" in out           # says where cached reports come from
 
 
 def test_check_target_without_triton_kernels_explains_and_passes(capsys):
@@ -149,11 +152,10 @@ def test_check_target_fails_when_a_config_spills(monkeypatch, tmp_cache, capsys)
 
 
 def test_check_target_fails_when_lds_is_over_the_limit(monkeypatch, tmp_cache, capsys):
-    from awq_compile.kernels import triton_w4a16
+    from awq_compile.kernels.specs.triton_gemm import GemmConfig
 
     # the pruning estimate would drop this tile; turn the estimate off to prove the compiled size is checked
-    real_prune = triton_w4a16.prune
-    monkeypatch.setattr(triton_w4a16, "prune", lambda *a, **k: real_prune(*a, **dict(k, shared_limit=0)))
+    monkeypatch.setattr(GemmConfig, "shared_bytes", lambda self, launch, act_bytes=2: 0)
     huge = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, SPLIT_K=1, num_warps=8, num_stages=2,
                 matrix_instr_nonkdim=16, kpack=1)
     _inject(monkeypatch, "gfx942", {"triton_gemm": [{"m_max": None, "configs": [huge]}]})
@@ -172,3 +174,74 @@ def test_check_target_json_output(tmp_path, warm_ci_targets):
     assert data["target"] == "hip:gfx942" and data["failing"] == 0
     assert all(r["ok"] and r["spills"] == 0 and r["uses"] for r in data["reports"])
     assert os.path.getsize(path) > 0
+
+
+_PLANNED_CHECK = """
+from awq_compile.kernels import aot, spec as spec_mod
+from awq_compile.kernels.aot import AotRequest
+from awq_compile.kernels.specs import get_spec
+from awq_compile.kernels.triton import gemm
+from awq_compile.target import Target
+
+before = dict(vars(gemm))
+cfg = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, XPERM=1, num_warps=4, num_stages=3)
+req = AotRequest.make("triton_gemm_planes", cfg, "cuda:sm90", act_dtype="bfloat16", has_bias=True)
+fn, values, constexprs, options = aot._planned(req)
+assert fn is gemm._gemm_planes_kernel and dict(vars(gemm)) == before
+assert constexprs["XPERM"] is True and constexprs["UPCAST_DOT"] is False and constexprs["HAS_BIAS"] is True
+assert options == {"num_warps": 4, "num_stages": 3}
+assert str(values["x_ptr"].dtype) == "torch.bfloat16" and values["M"] == 3 and values["stride_qk"] == 4096
+config, launch = get_spec("triton_gemm_planes").parse(cfg, "t", backend="cuda")
+plan = spec_mod.plan_launch(get_spec("triton_gemm_planes"), config, launch, req.problem(), Target.parse("cuda:sm90"))
+assert plan.constexprs == constexprs and plan.x_regroup == 128 and plan.workspace is not None
+amd = AotRequest.make("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1,
+                                          matrix_instr_nonkdim=16), "hip:gfx942")
+assert aot._planned(amd)[3] == {"num_warps": 4, "num_stages": 1, "matrix_instr_nonkdim": 16}
+print("ok")
+"""
+
+
+def test_aot_plans_the_launch_the_run_time_makes_without_touching_kernel_modules():
+    """What is compiled comes from plan_launch -- the launcher's own function -- not from recording a launch
+    with the kernel module's jit functions swapped out.  (A child without the interpreter: this session's
+    jit functions are interpreter objects.)"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PLANNED_CHECK], capture_output=True, text=True,
+                         env=aot._child_env())
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    # a CUDA option on AMD is an error, not silently dropped
+    with pytest.raises(ValueError, match="maxnreg"):
+        AotRequest.make("triton_gemm", dict(SMALL, maxnreg=64), "hip:gfx942")
+
+
+def test_interpreter_mode_is_an_input_of_the_launch_plan():
+    from awq_compile.kernels.problem import Problem
+    from awq_compile.kernels.spec import plan_launch
+    from awq_compile.kernels.specs import get_spec
+
+    spec = get_spec("triton_gemm")
+    config, launch = spec.parse(dict(SMALL), "t", backend="hip")
+    p = Problem(256, 64, 64, True, "bfloat16", m=5)
+    on_gpu = plan_launch(spec, config, launch, p, Target.parse("hip:gfx942"), interpret=False)
+    interp = plan_launch(spec, config, launch, p, Target.parse("hip:gfx942"), interpret=True)
+    assert on_gpu.constexprs["UPCAST_DOT"] is False and on_gpu.options == {"num_warps": 4, "num_stages": 1}
+    assert interp.constexprs["UPCAST_DOT"] is True and interp.options == {}
+    fp16 = plan_launch(spec, config, launch, dataclasses.replace(p, act_dtype="float16"), Target.parse("hip:gfx942"),
+                       interpret=True)
+    assert fp16.constexprs["UPCAST_DOT"] is False
+
+
+def test_check_target_options_have_help_and_the_cache_location_is_printed(tmp_cache, capsys, monkeypatch):
+    parser = check_target.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings or action.dest
+    assert "AWQ_COMPILE_AOT_CACHE" in parser.format_help()
+    one = ["--shapes", "4096x4096", "--group-sizes", "128", "--dtypes", "float16", "--m", "1"]
+    assert check_target.main(["hip:gfx90a", *one]) == 0
+    assert check_target.main(["hip:gfx90a", *one]) == 0           # now from the cache: it says which one
+    out = capsys.readouterr().out
+    assert "ok (cached)" in out and f"report cache {tmp_cache}" in out
+    assert check_target.main(["hip:gfx90a", *one, "--no-cache"]) == 0
+    assert "report cache off" in capsys.readouterr().out

@@ -24,11 +24,8 @@ def _problems():
                     yield Problem(K, N, G, zeros, dt, has_bias=zeros)
 
 
-def _prune(kernel, cfg, problem, target):
-    from awq_compile.kernels.triton_w4a16 import prune
-
-    return prune(kernel, cfg, K=problem.K, N=problem.N, group_size=problem.group_size,
-                 shared_limit=target.shared_memory, act_bytes=2)
+def _prune(entry, problem, target):
+    return entry.config.check(entry.launch, problem, target.shared_memory)
 
 
 @pytest.mark.parametrize("spec", CI_TARGETS)
@@ -39,13 +36,13 @@ def test_ci_targets_get_triton_kernels_for_every_m(spec):
         assert plan.entries[-1].m_max is None
         for e in plan.entries:
             assert KERNELS[e.kernel].uses_triton, (spec, p, plan.describe())
-            if e.kernel in ("triton_gemv", "triton_gemm"):
-                cfg = e.config_dict
-                assert p.group_size % cfg["BLOCK_K"] == 0
-                assert _prune(e.kernel, cfg, p.with_m(e.m_max), target) is None
+            if e.config is not None:
+                assert p.group_size % e.config.BLOCK_K == 0
+                assert _prune(e, p.with_m(e.m_max), target) is None
         assert plan.entry_for(1).kernel != plan.entry_for(4096).kernel or len(plan.entries) > 1
-        # the plan text the custom op receives decodes to the same plan
-        assert type(plan).decode(plan.encode()).entries == plan.entries
+        # the plan text the custom op receives decodes to the same plan, target included
+        decoded = type(plan).decode(plan.encode())
+        assert decoded.entries == plan.entries and decoded.target == target
 
 
 @pytest.mark.parametrize("spec", ["hip:gfx1030", "cuda:sm70", "cuda:sm75", "hip:gfx908", "hip:gfx1036"])
@@ -123,6 +120,7 @@ def test_tables_are_well_formed():
                     assert b["configs"], (name, kernel, b)
                     for cfg in b["configs"]:
                         assert {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"} <= set(cfg), (name, cfg)
+                        assert cfg.get("kernel", kernel) in KERNELS, (name, cfg)
                         if not amd:
                             assert not set(AMD_KNOBS) & set(cfg), (name, cfg)
                         else:
@@ -143,29 +141,45 @@ def test_tables_are_looked_up_per_kernel_arch_then_family(spec, kernel, source):
     assert configs.source_for(t.arch, t.family, kernel, "default").startswith(source)
 
 
+def _entry(bn, **kw):
+    return dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=32, num_warps=4, num_stages=2, **kw)
+
+
 def test_triton_version_keys_win_over_default(monkeypatch):
     fake = {
-        "gfxtest": {"tables": {"3.6": {"triton_gemm": [{"m_max": None, "configs": [{"BLOCK_N": 1}]}]},
-                               "default": {"triton_gemm": [{"m_max": None, "configs": [{"BLOCK_N": 2}]}]}}},
-        "cdna": {"tables": {"default": {"triton_gemv": [{"m_max": 4, "configs": [{"BLOCK_N": 3}]}],
-                                        "triton_gemm": [{"m_max": None, "configs": [{"BLOCK_N": 4}]}]}}},
+        "gfx9ff": {"tables": {"3.6": {"triton_gemm": [{"m_max": None, "configs": [_entry(16)]}]},
+                               "default": {"triton_gemm": [{"m_max": None, "configs": [_entry(32)]}]}}},
+        "cdna": {"tables": {"default": {"triton_gemv": [{"m_max": 4, "configs": [_entry(48)]}],
+                                        "triton_gemm": [{"m_max": None, "configs": [_entry(64)]}]}}},
     }
     monkeypatch.setattr(configs, "_load", lambda name: fake.get(name))
-    assert configs.candidates("gfxtest", "cdna", "triton_gemm", 8, "3.6") == ("gfxtest.json[3.6]", [{"BLOCK_N": 1}])
-    assert configs.candidates("gfxtest", "cdna", "triton_gemm", 8, "3.9") == ("gfxtest.json[default]", [{"BLOCK_N": 2}])
-    assert configs.candidates("gfxtest", "cdna", "triton_gemv", 2, "3.6") == ("cdna.json[default]", [{"BLOCK_N": 3}])
-    assert configs.candidates("gfxtest", "cdna", "triton_gemv", 8, "3.6") == ("cdna.json[default]", [])
-    label, merged = configs.table_for("gfxtest", "cdna", "3.6")
-    assert merged["triton_gemm"][0]["configs"] == [{"BLOCK_N": 1}] and "triton_gemv" in merged
+
+    def tiles(arch, slot, m, version):
+        label, cands = configs.candidates(arch, "cdna", slot, m, version)
+        return label, [c.config.BLOCK_N for c in cands]
+
+    assert tiles("gfx9ff", "triton_gemm", 8, "3.6") == ("gfx9ff.json[3.6]", [16])
+    assert tiles("gfx9ff", "triton_gemm", 8, "3.9") == ("gfx9ff.json[default]", [32])
+    assert tiles("gfx9ff", "triton_gemv", 2, "3.6") == ("cdna.json[default]", [48])
+    assert tiles("gfx9ff", "triton_gemv", 8, "3.6") == ("cdna.json[default]", [])
+    label, merged = configs.table_for("gfx9ff", "cdna", "3.6")
+    assert merged["triton_gemm"][0].candidates[0].config.BLOCK_N == 16 and "triton_gemv" in merged
+
+
+def _parsed_entry(kernel, cfg, backend="hip"):
+    from awq_compile.kernels.registry import PlanEntry
+
+    config, launch = KERNELS[kernel].parse(cfg, "test", backend=backend)
+    return PlanEntry(None, kernel, config, launch)
 
 
 def test_pruning_drops_configs_that_break_group_size_or_shared_memory():
     cfg = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2}
     p = Problem(4096, 4096, 32, True, "float16")
-    assert "group size" in _prune("triton_gemm", cfg, p, Target.parse("hip:gfx942"))
+    assert "group size" in _prune(_parsed_entry("triton_gemm", cfg), p, Target.parse("hip:gfx942"))
     big = dict(cfg, BLOCK_M=256, BLOCK_N=256, BLOCK_K=128, num_stages=4)
     p128 = Problem(4096, 4096, 128, True, "float16")
-    assert "shared memory" in _prune("triton_gemm", big, p128, Target.parse("hip:gfx942"))
+    assert "shared memory" in _prune(_parsed_entry("triton_gemm", big), p128, Target.parse("hip:gfx942"))
 
 
 def test_table_files_are_json_objects_with_a_comment():
@@ -202,3 +216,163 @@ def test_every_known_target_selects_something():
         plan = select(Problem(4096, 4096, 128, True, "float16"), Target.parse(spec))
         assert plan.entries and plan.entries[-1].m_max is None
     assert M_BUCKETS[-1] is None
+
+
+# --------------------------------------------------------------------------------------------- typed tables
+def test_every_table_parses_into_typed_configs():
+    for name in configs.available_tables():
+        parsed = configs.parse_table(name, configs._load(name), "test")
+        for version, table in parsed.items():
+            for slot, buckets in table.items():
+                for b in buckets:
+                    for c in b.candidates:
+                        assert type(c.config) is KERNELS[c.kernel].config, (name, c.where)
+                        assert c.launch.num_warps and c.launch.num_stages, (name, c.where)
+
+
+def _one_entry_table(monkeypatch, name, entry, slot="triton_gemm"):
+    real = configs._load
+    table = {"comment": "test", "tables": {"default": {slot: [{"m_max": None, "configs": [entry]}]}}}
+    monkeypatch.setattr(configs, "_load", lambda n: table if n == name else real(n))
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(_entry(64), PLANE=1), r"unknown key\(s\) PLANE for GemmConfig"),            # misspelt switch
+    (dict(_entry(64), XPERM=1), r"unknown key\(s\) XPERM for GemmConfig"),            # another kernel's key
+    (dict(_entry(64), maxnreg=64), r"unknown key\(s\) maxnreg for HipLaunchOptions"),  # a CUDA option on AMD
+    ({k: v for k, v in _entry(64).items() if k != "BLOCK_K"}, r"missing key\(s\) BLOCK_K"),
+    ({k: v for k, v in _entry(64).items() if k != "num_stages"}, r"missing key\(s\) num_stages"),
+    (dict(_entry(64), kernel="triton_gemm_plane"), r"unknown kernel 'triton_gemm_plane'"),
+    (dict(_entry(64), SCALE_AFTER=2), r"SCALE_AFTER=2 is a switch"),
+])
+def test_unknown_or_missing_table_keys_raise_naming_file_arch_and_entry(monkeypatch, entry, message):
+    from awq_compile.kernels.spec import TableError
+
+    _one_entry_table(monkeypatch, "gfx942", entry)
+    with pytest.raises(TableError, match=message) as e:
+        select(Problem(4096, 4096, 128, True, "float16"), Target.parse("hip:gfx942"))
+    text = str(e.value)
+    assert "gfx942.json" in text and "planning arch gfx942" in text
+    assert "tables['default']['triton_gemm'] bucket m_max=None config #0" in text
+
+
+def test_unknown_slot_and_misplaced_bucket_raise(monkeypatch):
+    from awq_compile.kernels.spec import TableError
+
+    _one_entry_table(monkeypatch, "sm80", _entry(64), slot="triton_gemmm")
+    with pytest.raises(TableError, match=r"sm80.json \(planning arch sm80\).*'triton_gemmm'.*unknown slot"):
+        select(Problem(4096, 4096, 128, True, "float16"), Target.parse("cuda:sm80"))
+
+
+def test_a_table_entry_names_the_variant_kernel_that_runs():
+    """sm90's M 5..16 bucket lists nibble-plane configs first: the plan (and explain) name that kernel."""
+    t = Target.parse("cuda:sm90")
+    plan = select(Problem(4096, 14336, 128, True, "float16"), t)
+    e = plan.entry_for(16)
+    assert e.kernel == "triton_gemm_planes" and e.config.XPERM and e.config.BLOCK_K == 128
+    assert "M 5..16: triton_gemm_planes 16x128x128 sk4 xperm w4 st3" in plan.describe()
+    assert plan.entry_for(1).kernel in ("triton_gemv", "triton_gemv_stream")
+    # K=14336 takes the streaming GEMV (K_MIN=14336) -- a shape filter, not a switch in the config
+    wide = select(Problem(14336, 4096, 128, True, "float16"), t)
+    assert wide.entry_for(1).kernel == "triton_gemv_stream"
+    assert "K_MIN" in dict(plan.rejected)["triton_gemv_stream"]
+    # a group the plane kernel cannot take falls to the next entry of the same bucket
+    g64 = select(Problem(4096, 14336, 64, True, "float16"), t)
+    assert g64.entry_for(16).kernel == "triton_gemm"
+
+
+def test_selection_imports_no_triton_and_no_kernel_code():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from awq_compile.kernels.registry import select, KERNELS\n"
+            "from awq_compile.kernels.problem import Problem\n"
+            "from awq_compile.target import Target, CI_TARGETS\n"
+            "for t in CI_TARGETS:\n"
+            "    for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):\n"
+            "        for G in (32, 128):\n"
+            "            select(Problem(K, N, G, True, 'bfloat16'), Target.parse(t)).encode()\n"
+            "bad = [m for m in sys.modules if m == 'triton' or m.startswith(('triton.', 'awq_compile.kernels.triton'))]\n"
+            "assert not bad, bad\n"
+            "print('ok', len(KERNELS))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
+def test_shape_filters_select_per_shape_class():
+    from awq_compile.kernels.spec import ShapeFilter
+
+    f = ShapeFilter.from_table({"K_MIN": 8192, "N_MAX": 4096}, "test")
+    assert f.reason(8192, 4096) is None
+    assert "K_MIN=8192 excludes K=4096" == f.reason(4096, 4096)
+    assert "N_MAX" in f.reason(8192, 8192)
+
+
+# --------------------------------------------------------------------------------------------- device rule
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_cuda_plan_meeting_cpu_tensors_is_replanned_with_one_warning(caplog):
+    import logging
+
+    import awq_compile.runtime.op  # noqa: F401
+    from awq_compile.formats import quantize, to_awq
+    from awq_compile.runtime import dispatch
+    from _util import rel_err
+
+    dispatch._WARNED.clear()
+    torch.manual_seed(3)
+    u = quantize(torch.randn(256, 64), 64)
+    q, qz, s = to_awq(u)
+    plan = select(Problem(256, 64, 64, True, "bfloat16"), Target.parse("cuda:sm90"))
+    assert any(KERNELS[e.kernel].uses_triton for e in plan.entries)
+    text = plan.encode()
+    assert text.startswith("@target=cuda:sm90;")
+    op = torch.ops.awq_compile.w4a16_linear
+    with caplog.at_level(logging.WARNING, logger="awq_compile"):
+        for m in (1, 3, 300):
+            x = torch.randn(m, 256, dtype=torch.bfloat16)
+            y = op(x, q, qz, s, None, [], "model.layers.0.mlp.down_proj", "awq", 64, text, "")
+            assert rel_err(y, x.double() @ u.dequantize(torch.float64)) < 1e-2
+    msgs = _warnings(caplog)
+    assert len(msgs) == 1, msgs
+    assert "model.layers.0.mlp.down_proj" in msgs[0] and "cuda:sm90" in msgs[0] and "re-planned for cpu" in msgs[0]
+    assert "cpu_int4pack" in msgs[0]      # it says what runs instead
+
+
+def test_device_rule_in_the_registry():
+    from awq_compile.kernels.registry import plan_for_device
+
+    p = Problem(4096, 4096, 128, True, "float16")
+    gfx942 = select(p, Target.parse("hip:gfx942"))
+    same, why = plan_for_device(gfx942, Target.parse("hip:gfx90a"), p)     # same family: runs as made
+    assert same is gfx942 and why is None
+    for other in ("cuda:sm90", "cpu", "hip:gfx1100"):
+        new, why = plan_for_device(gfx942, Target.parse(other), p)
+        assert new.target == Target.parse(other) and new == select(p, Target.parse(other))
+        assert "made for hip:gfx942" in why and f"re-planned for {other}" in why
+    # the selection options travel with the plan; a forced kernel that cannot run there is dropped, said so
+    forced = select(p, Target.parse("hip:gfx942"), force="triton_gemm", disabled=("triton_gemv",))
+    new, why = plan_for_device(forced, Target.parse("cuda:sm80"), p)
+    assert new.kernels == ("triton_gemm",)
+    new, why = plan_for_device(forced, Target.parse("cpu"), p)
+    assert "forced kernel triton_gemm cannot run there" in why and new.target == Target("cpu")
+    # a plan text written without a target runs wherever its kernels can
+    anywhere = type(gfx942).decode("*:torch_dequant")
+    assert plan_for_device(anywhere, Target("cpu"), p)[1] is None
+
+
+def test_explain_names_the_variant_that_runs_with_its_config_per_bucket():
+    import awq_compile
+    from awq_compile.models.awq_linear import AwqLinear
+
+    torch.manual_seed(0)
+    layer = AwqLinear.from_float(torch.nn.Linear(1024, 256, bias=True), group_size=128, dtype=torch.float16)
+    report = awq_compile.explain(layer, torch.randn(3, 1024, dtype=torch.float16), target="cuda:sm90")
+    lay = report.layers[0]
+    assert lay.kernels["5..16"] == "triton_gemm_planes"
+    assert lay.configs["5..16"] == "triton_gemm_planes 16x128x128 sk4 xperm w4 st3"
+    assert "5..16: triton_gemm_planes 16x128x128 sk4 xperm w4 st3" in str(report)
+    assert "triton_gemv_stream" in lay.rejected and "K_MIN=14336" in lay.rejected["triton_gemv_stream"]

@@ -20,8 +20,8 @@ import torch
 from awq_compile.cli.check_target import plan_requests
 from awq_compile.formats import quantize
 from awq_compile.formats.standard import from_unpacked
-from awq_compile.kernels.triton_w4a16 import LAUNCH_KEYS
-from awq_compile.target import CI_TARGETS, Target
+from awq_compile.kernels.specs import get_spec
+from awq_compile.target import CI_TARGETS, Target, interpreter_active
 from _util import rel_err
 
 
@@ -34,7 +34,7 @@ def _cases() -> list[tuple]:
         findings, _ = plan_requests(Target.parse(t), dtypes=("float16",))
         for f in findings.values():
             r = f.request
-            cfg = tuple((k, v) for k, v in r.config if k not in LAUNCH_KEYS)
+            cfg = tuple((k, v) for k, v in r.config if k.isupper())          # launch options aside
             seen.setdefault((r.kernel, cfg, r.group_size), [])
             if t not in seen[(r.kernel, cfg, r.group_size)]:
                 seen[(r.kernel, cfg, r.group_size)].append(t)
@@ -48,23 +48,24 @@ def _device():
 def _case_id(case):
     kernel, cfg, g, targets = case
     c = dict(cfg)
-    flags = "".join(f"-{k.lower()}" for k in ("PLANES", "TRANS", "XPERM", "STREAM", "FMA_DECODE", "SCALE_AFTER")
-                    if c.get(k))
+    flags = "".join(f"-{k.lower()}" for k in ("TRANS", "XPERM", "FMA_DECODE", "SCALE_AFTER") if c.get(k))
     return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}{flags}-g{g}"
 
 
 def test_every_ci_target_contributes_configs():
     covered = {t for case in _cases() for t in case[3]}
     assert covered == set(CI_TARGETS)
-    assert {case[0] for case in _cases()} >= {"triton_gemv", "triton_gemm"}
+    assert {case[0] for case in _cases()} >= {"triton_gemv", "triton_gemm", "triton_gemm_planes",
+                                               "triton_gemv_stream", "triton_dequant_mm"}
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_case_id)
 def test_kernel_config_matches_float64(case):
-    from awq_compile.kernels import triton_w4a16
+    from awq_compile.kernels.triton.launch import run
 
     kernel, cfg_items, G, targets = case
     cfg = dict(cfg_items)
+    config, opts = get_spec(kernel).parse(cfg, f"{kernel} {cfg}", backend=None, table=False)
     bm, bn = cfg.get("BLOCK_M", 1), cfg["BLOCK_N"]
     split = cfg.get("SPLIT_K", 1)
     K = G * max(2, split)                   # every split gets at least one group
@@ -80,9 +81,9 @@ def test_kernel_config_matches_float64(case):
         x = torch.randn(M, K, generator=gen).to(dtype)
         bias = torch.randn(N, generator=gen).to(dtype)
         out = torch.empty(M, N, dtype=dtype, device=dev)
-        triton_w4a16.launch(kernel, x.to(dev), std.qweight.to(dev),
-                            None if std.qzeros is None else std.qzeros.to(dev), std.scales.to(dev),
-                            bias.to(dev), out, G, cfg)
+        run(kernel, config, opts, x.to(dev), std.qweight.to(dev),
+            None if std.qzeros is None else std.qzeros.to(dev), std.scales.to(dev), bias.to(dev), out, G,
+            Target.parse(targets[0]), interpret=interpreter_active())
         ref = x.double() @ u.dequantize(torch.float64) + bias.double()
         err = rel_err(out.cpu(), ref)
         tol = 1e-2 if dtype == torch.bfloat16 else 2e-3

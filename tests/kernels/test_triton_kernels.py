@@ -11,10 +11,26 @@ import torch
 
 from awq_compile.formats import from_unpacked, quantize
 from awq_compile.formats.standard import dequantize_standard
-from awq_compile.kernels import triton_w4a16 as tw
+from awq_compile.kernels.problem import Problem
+from awq_compile.kernels.specs import get_spec
+from awq_compile.kernels.triton.launch import run
+from awq_compile.target import Target, interpreter_active
 from _util import rel_err
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# the target launch options are planned for: the GPU here, else any (the interpreter takes no options)
+TARGET = Target.parse("cuda:sm90")
+
+
+def launch(kid, x, q, qz, s, b, out, G, cfg):
+    """Run kernel ``kid`` with the config written as table keys (no launch options: compiler defaults)."""
+    config, opts = get_spec(kid).parse(cfg, f"test config {cfg}", backend=None, table=False)
+    return run(kid, config, opts, x, q, qz, s, b, out, G, TARGET, interpret=interpreter_active())
+
+
+def prune(kid, cfg, *, K, N, group_size, shared_limit=0):
+    config, opts = get_spec(kid).parse(cfg, f"test config {cfg}", backend=None, table=False)
+    return config.check(opts, Problem(K, N, group_size, True, "float16"), shared_limit)
 TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 # (kernel id, config): one per code path -- GEMV rows, GEMV split-K and multi-tile groups, GEMM with and
@@ -48,7 +64,7 @@ def _run(kid, cfg, x, q, qz, s, b, G, ref, dtype):
     out = torch.empty(x.shape[0], q.shape[1], dtype=dtype, device=x.device)
     for _ in range(2):
         out.fill_(float("nan"))
-        tw.launch(kid, x, q, qz, s, b, out, G, cfg)
+        launch(kid, x, q, qz, s, b, out, G, cfg)
         assert torch.isfinite(out).all(), "an output element was not written"
         err = rel_err(out.cpu(), ref)
         assert err < TOL[dtype], (kid, cfg, err)
@@ -64,22 +80,22 @@ def test_kernel_path_matches_float64(kid, cfg, dtype):
         _run(kid, cfg, x, q, qz, s, b, 64, ref, dtype)
 
 
-# The nibble-plane GEMM (PLANES: eight dots of K = BLOCK_K/8, decode in the activation dtype, optionally
-# transposed so the weight is the left operand) and the streaming GEMV (STREAM: next tile prefetched into
+# The nibble-plane GEMM (triton_gemm_planes: eight dots of K = BLOCK_K/8, decode in the activation dtype, optionally
+# transposed so the weight is the left operand) and the streaming GEMV (triton_gemv_stream: next tile in
 # registers) need BLOCK_K >= 128 / a whole number of K tiles per group, so they run at G=128, K=384:
 # three K tiles of 128 (split-K 2 leaves one program a single tile), six of 64.
 NEW_PATHS = [
-    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, PLANES=1)),
-    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, PLANES=1, TRANS=1)),
-    ("triton_gemm", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, PLANES=1, TRANS=1, SCALE_AFTER=1)),
-    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=3, PLANES=1, SCALE_AFTER=1)),
-    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, PLANES=1, XPERM=1)),
-    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, PLANES=1, TRANS=1, XPERM=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, TRANS=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, TRANS=1, SCALE_AFTER=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=3, SCALE_AFTER=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, XPERM=1)),
+    ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, TRANS=1, XPERM=1)),
     ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3, FMA_DECODE=1)),
     ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, FMA_DECODE=1)),
-    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4, STREAM=1)),
-    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, STREAM=1)),
-    ("triton_gemv", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2, STREAM=1)),
+    ("triton_gemv_stream", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4)),
+    ("triton_gemv_stream", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1)),
+    ("triton_gemv_stream", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2)),
 ]
 
 
@@ -99,7 +115,7 @@ def test_plane_gemm_weight_is_rounded_like_the_users_dequant():
     w16 = dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float16)
     ref16 = x.cpu().double() @ w16.double()
     out = torch.empty(5, 64, dtype=torch.float16, device=x.device)
-    tw.launch("triton_gemm", x, q, qz, s, None, out, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1))
+    launch("triton_gemm_planes", x, q, qz, s, None, out, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128))
     assert rel_err(out.cpu(), ref16) < 1e-3
 
 
@@ -110,17 +126,17 @@ def test_plane_gemm_with_scales_in_another_dtype(x_dtype, s_dtype):
     x, q, qz, s, b, ref = _case(3, 256, 40, 128, s_dtype, True, False, seed=5)
     x = x.to(x_dtype)
     ref = x.cpu().double() @ dequantize_standard(q.cpu(), qz.cpu(), s.cpu(), 128, torch.float64)
-    for cfg in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, XPERM=1),
-                dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, PLANES=1, SCALE_AFTER=1)):
-        _run("triton_gemm", cfg, x, q, qz, s, None, 128, ref, x_dtype)
+    for cfg in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, XPERM=1),
+                dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SCALE_AFTER=1)):
+        _run("triton_gemm_planes", cfg, x, q, qz, s, None, 128, ref, x_dtype)
 
 
 def test_plane_gemm_needs_a_dot_of_sixteen():
-    why = tw.prune("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, PLANES=1), K=4096, N=4096,
-                   group_size=128, shared_limit=0)
+    why = prune("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64), K=4096, N=4096,
+                group_size=128, shared_limit=0)
     assert why and "PLANES needs BLOCK_K >= 128" in why
-    assert tw.prune("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, PLANES=1), K=4096, N=4096,
-                    group_size=64, shared_limit=0)      # BLOCK_K larger than the group
+    assert prune("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), K=4096, N=4096,
+                 group_size=64, shared_limit=0)      # BLOCK_K larger than the group
 
 
 def test_group_smaller_than_block_rows_and_large_group():
@@ -139,9 +155,10 @@ def test_split_k_workspace_is_reused_across_shapes():
         _run("triton_gemm", cfg, x, q, qz, s, b, 32, ref, torch.float16)
 
 
-def test_prune_shape_conditions():
-    cfg = dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, K_MAX=4096)
-    assert tw.prune("triton_gemv", cfg, K=4096, N=64, group_size=128, shared_limit=0) is None
-    assert "K_MAX" in tw.prune("triton_gemv", cfg, K=8192, N=64, group_size=128, shared_limit=0)
-    assert "groups" in tw.prune("triton_gemv", dict(cfg, SPLIT_K=64), K=4096, N=64, group_size=128,
-                                shared_limit=0)
+def test_prune_split_k_against_groups_and_tiles():
+    cfg = dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2)
+    assert prune("triton_gemv", cfg, K=4096, N=64, group_size=128) is None
+    assert "groups" in prune("triton_gemv", dict(cfg, SPLIT_K=64), K=4096, N=64, group_size=128)
+    # the streaming GEMV splits K tiles, not groups
+    assert prune("triton_gemv_stream", dict(cfg, SPLIT_K=64), K=4096, N=64, group_size=128) is None
+    assert "K tiles" in prune("triton_gemv_stream", dict(cfg, SPLIT_K=256), K=4096, N=64, group_size=128)

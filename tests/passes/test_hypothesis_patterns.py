@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from awq_compile.backend import awq_backend
+from awq_compile.explaining import report_of
 from awq_compile.report import Report
 from _spellings import FORMATS, SpelledLinear, Spelling, normalized, reference
 from _util import rel_err
@@ -98,10 +99,11 @@ def test_random_spellings_are_rewritten_correctly_or_refused_with_a_reason(case)
     two_d = sp.matmul == "mm" or sp.bias == "addmm"
     x = torch.randn(*((M,) if two_d else (1, M)), K, generator=gen).to(x_dtype)
     report = Report()
-    options = {"inductor": False, "report_sink": report}
+    options = {"inductor": False}
     with torch.no_grad():
         eager = mod(x)
-        out = torch.compile(mod, backend=lambda gm, ex: awq_backend(gm, ex, options=options))(x)
+        out = torch.compile(mod, backend=lambda gm, ex: awq_backend(
+            gm, ex, options=options, on_analysis=lambda a: report_of(report, a)))(x)
     tol = _tolerance(scales_dtype, x_dtype)
     assert out.shape == eager.shape and out.dtype == eager.dtype
     assert len(report.layers) + len(report.skipped) == 1, (sp, report)

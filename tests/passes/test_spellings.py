@@ -99,7 +99,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -140,7 +140,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -181,7 +181,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -220,7 +220,7 @@ v28 = .reshape(v27, (2, 3, 32))
 return (v28)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -259,7 +259,7 @@ v28 = .reshape(v27, (2, 3, 32))
 return (v28)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -302,7 +302,7 @@ v32 = .reshape(v31, (2, 3, 32))
 return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -343,7 +343,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -384,7 +384,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -425,7 +425,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -466,7 +466,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -509,7 +509,7 @@ v32 = .reshape(v31, (2, 3, 32))
 return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -542,7 +542,7 @@ v22 = .reshape(v21, (2, 3, 32))
 return (v22)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in4, in1, None, [in3], '<root>', 'awq', 32, '*:torch_dequant', '824dcd40d0c225ad')
+v1 = awq_compile.w4a16_linear(v0, in2, in4, in1, None, [in3], '<root>', 'awq', 32, 'request:target=cpu;f...', '824dcd40d0c225ad')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -583,7 +583,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -620,7 +620,7 @@ v26 = .reshape(v25, (2, 3, 32))
 return (v26)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -663,7 +663,7 @@ v32 = .reshape(v31, (2, 3, 32))
 return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -706,7 +706,7 @@ v32 = .reshape(v31, (2, 3, 32))
 return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -749,7 +749,7 @@ v32 = .reshape(v31, (2, 3, 32))
 return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -791,7 +791,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -832,7 +832,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -873,7 +873,7 @@ v30 = .reshape(v29, (6, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (6, 32))
 return (v2)""")
 
@@ -915,7 +915,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -959,7 +959,7 @@ v33 = .reshape(v32, (2, 3, 32))
 return (v33)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -997,7 +997,7 @@ v27 = operator.mul(v26, v25)
 v28 = torch.matmul(in0, v27)
 return (v28)""")
         self.assertExpectedInline(after, """\
-v0 = awq_compile.w4a16_linear(in0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v0 = awq_compile.w4a16_linear(in0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 return (v0)""")
 
     def test_casts_of_x_and_output(self):
@@ -1040,7 +1040,7 @@ return (v32)""")
         self.assertExpectedInline(after, """\
 v0 = .to(in0, torch.float16)
 v1 = .reshape(v0, -1, 64)
-v2 = awq_compile.w4a16_linear(v1, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v2 = awq_compile.w4a16_linear(v1, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v3 = .reshape(v2, (2, 3, 32))
 v4 = .to(v3, torch.float32)
 return (v4)""")
@@ -1083,7 +1083,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = operator.add(v1, in4)
 v3 = .reshape(v2, (2, 3, 32))
 return (v3)""")
@@ -1126,7 +1126,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = operator.iadd(v1, in4)
 v3 = .reshape(v2, (2, 3, 32))
 return (v3)""")
@@ -1169,7 +1169,7 @@ v31 = .reshape(v29, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .add_(v1, in4)
 v3 = .reshape(v1, (2, 3, 32))
 return (v3)""")
@@ -1211,7 +1211,7 @@ v30 = .reshape(v29, (6, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in4, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in4, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (6, 32))
 return (v2)""")
 
@@ -1253,7 +1253,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in4, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in4, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1294,7 +1294,7 @@ v30 = .reshape(v29, (2, 3, 32))
 return (v30)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1336,7 +1336,7 @@ v31 = .reshape(v30, (2, 3, 32))
 return (v31)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, '*:cpu_int4pack', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'awq', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1364,7 +1364,7 @@ v17 = .reshape(v16, (2, 3, 32))
 return (v17)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, None, in1, None, [], '<root>', 'awq_sym', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, None, in1, None, [], '<root>', 'awq_sym', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1396,7 +1396,7 @@ v21 = .reshape(v20, (2, 3, 32))
 return (v21)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v1', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v1', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1427,7 +1427,7 @@ v20 = .reshape(v19, (2, 3, 32))
 return (v20)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v2', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v2', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1450,7 +1450,7 @@ v12 = .reshape(v11, (2, 3, 32))
 return (v12)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, None, in1, None, [], '<root>', 'gptq_sym', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, None, in1, None, [], '<root>', 'gptq_sym', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1480,7 +1480,7 @@ v19 = .reshape(v18, (2, 3, 32))
 return (v19)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v2', 32, '*:torch_dequant', '')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [], '<root>', 'gptq_v2', 32, 'request:target=cpu;f...', '')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1511,7 +1511,7 @@ v20 = .reshape(v19, (2, 3, 32))
 return (v20)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [in4], '<root>', 'gptq_v2', 32, '*:torch_dequant', '3f17033fdd219387')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, None, [in4], '<root>', 'gptq_v2', 32, 'request:target=cpu;f...', '3f17033fdd219387')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 
@@ -1544,7 +1544,7 @@ v22 = .reshape(v21, (2, 3, 32))
 return (v22)""")
         self.assertExpectedInline(after, """\
 v0 = .reshape(in0, -1, 64)
-v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in5, [in4], '<root>', 'gptq_v1', 32, '*:torch_dequant', '3f17033fdd219387')
+v1 = awq_compile.w4a16_linear(v0, in2, in3, in1, in5, [in4], '<root>', 'gptq_v1', 32, 'request:target=cpu;f...', '3f17033fdd219387')
 v2 = .reshape(v1, (2, 3, 32))
 return (v2)""")
 

@@ -1,0 +1,162 @@
+"""Shared @triton.jit pieces of the W4A16 kernels: int4 decode without conversion instructions, per-group
+scale/zero loads, grouped tile order, and the split-K epilogue.
+
+Integer -> float without a conversion instruction: a nibble masked *in place* at bit position p
+(p <= 16) and OR-ed into the exponent pattern of 2**(23-p) is the fp32 number ``2**(23-p) + q``, so one
+LOP3 and one exact subtraction of ``2**(23-p) + z`` give ``q - z``.  Nibbles 5..7 are first shifted down
+by 12 bits (one shift per word for three nibbles).  The 16-bit form (``_magic16``): ``(q | 0x6400)`` as
+fp16 is 1024 + q, ``0x4300`` as bf16 is 128 + q.
+
+Split-K partial sums (``_finish``) go to an fp32 workspace with ``tl.atomic_add``; the last program to
+finish a tile (counted with a per-tile atomic ticket) reads the sum back, adds bias, casts and writes the
+output, so no separate reduction pass over [M, N] runs.  Workspace and tickets are left zeroed for the
+next call.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _nibble_consts(I: tl.constexpr):
+    """(pre-shift, bit position) of nibble I in the form read by the magic-number conversion."""
+    if I >= 5:
+        SH: tl.constexpr = 12
+    else:
+        SH: tl.constexpr = 0
+    P: tl.constexpr = 4 * I - SH
+    return SH, P
+
+
+@triton.jit
+def _plane(packed, I: tl.constexpr):
+    """fp32 ``2**(23-P) + q`` for nibble I of every word of ``packed`` (exact; no conversion instruction)."""
+    SH, P = _nibble_consts(I)
+    if SH > 0:
+        src = packed >> SH
+    else:
+        src = packed
+    MASK: tl.constexpr = 15 << P
+    MAGIC: tl.constexpr = (150 - P) << 23
+    bits = (src & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _plane_lo(packed, I: tl.constexpr):
+    """fp32 ``OFF + q`` for nibble I with a small offset (OFF = 2**11 or 2**7): the nibble is first moved
+    to bit 12 or 16, so ``x * (OFF + q)`` loses at most 11 bits to the offset and the offsets can be taken
+    out of the sum once per group (``FMA_DECODE``) instead of subtracted per element."""
+    if I == 0:
+        src = packed << 12
+    elif I <= 2:
+        src = packed << 8
+    elif I <= 4:
+        src = packed
+    elif I <= 6:
+        src = packed >> 8
+    else:
+        src = packed >> 12
+    P: tl.constexpr = 12 if (I == 0 or I == 1 or I == 3 or I == 5) else 16
+    MASK: tl.constexpr = 15 << P
+    MAGIC: tl.constexpr = (150 - P) << 23
+    bits = (src & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE: tl.constexpr):
+    """fp32 [BLOCK_K, BLOCK_N] exact ``(q - z) * s`` (or ``q - z`` when not SCALE) from packed
+    [BLOCK_K/8, BLOCK_N] and fp32 s, z [BLOCK_N].  Rows come out in natural k order (row 8r + i is
+    nibble i of word row r)."""
+    i = tl.arange(0, 8)
+    sh = tl.where(i >= 5, 12, 0)
+    p = 4 * i - sh
+    mask = tl.full((8,), 15, tl.int32) << p
+    magic = (150 - p) << 23                                   # fp32 bits of 2**(23-p)
+    offset = magic.to(tl.float32, bitcast=True)               # 2**(23-p)
+    src = packed[:, None, :] >> sh[None, :, None]
+    bits = (src & mask[None, :, None]) | magic[None, :, None]
+    v = bits.to(tl.float32, bitcast=True)                     # 2**(23-p) + q
+    zm = offset[:, None] + z[None, :]                         # [8, BN], exact
+    w = v - zm[None, :, :]                                    # q - z, exact
+    if SCALE:
+        w = w * s[None, None, :]
+    return tl.reshape(w, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS: tl.constexpr):
+    s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+        z = ((zw >> ((offs_n % 8) * 4)) & 0xF).to(tl.float32)
+    else:
+        z = tl.full(offs_n.shape, 8.0, tl.float32)
+    return s, z
+
+
+@triton.jit
+def _tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, num_n) of this program in grouped order: GROUP_M row tiles share each column strip
+    while it is in L2."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n, num_n
+
+
+@triton.jit
+def _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile_id,
+            stride_om, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Write a [BLOCK_M, BLOCK_N] fp32 tile: directly, or through the split-K workspace + ticket."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT_K > 1:
+        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+        # each thread's adds must be performed at gpu scope before the program takes its ticket: a release
+        # (fence + no-op add) per thread after them, then a barrier, then one thread's acq_rel ticket
+        tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="release")
+        tl.debug_barrier()
+        ticket = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            # all partial sums are in L2 (atomics); read the total past L1 and leave the workspace zeroed for
+            # the next call -- no memset launch, no separate reduction pass
+            acc = tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="acquire")   # read at L2
+            tl.store(ws, tl.zeros_like(acc), mask=mask)
+            tl.atomic_xchg(lock_ptr + tile_id, 0)
+        else:
+            return
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _magic16(q, ACT: tl.constexpr):
+    """int16 values 0..15 as the activation dtype's ``MAGIC + q`` (fp16 1024 + q, bf16 128 + q), exact:
+    q goes into the low mantissa bits of a 16-bit pattern whose exponent makes one mantissa step equal 1
+    -- an OR, no conversion instruction."""
+    if ACT == tl.bfloat16:
+        return (q | 0x4300).to(tl.bfloat16, bitcast=True)
+    else:
+        return (q | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _plane_act(packed, I: tl.constexpr, ACT: tl.constexpr):
+    """Nibble I of every word as ``MAGIC + q`` in the activation dtype (see ``_magic16``)."""
+    if I > 0:
+        src = packed >> (4 * I)
+    else:
+        src = packed
+    return _magic16((src & 15).to(tl.int16), ACT)

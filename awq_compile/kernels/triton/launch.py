@@ -1,0 +1,89 @@
+"""Run a :class:`~awq_compile.kernels.spec.LaunchPlan` on tensors; the split-K workspace.
+
+:func:`run` is the one entry point: (kernel id, config, launch options, tensors, target, interpret) ->
+the plan of :func:`~awq_compile.kernels.spec.plan_launch` (cached per problem) -> :func:`launch`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..problem import Problem
+from ..spec import LaunchOptions, LaunchPlan, Operands, plan_launch
+from ..specs import get_spec
+
+__all__ = ["run", "launch", "reserve_workspace", "RESERVE_ROWS"]
+
+
+class _Workspace:
+    """Per-device fp32 split-K workspace and tile tickets, kept zeroed by the kernels themselves."""
+
+    def __init__(self):
+        self._bufs: dict = {}
+
+    def get(self, device, numel: int, tiles: int):
+        key = (device.type, device.index)
+        ws, lock = self._bufs.get(key, (None, None))
+        if ws is None or ws.numel() < numel or lock.numel() < tiles:
+            if torch.cuda.is_available() and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("awq_compile: split-K workspace must grow during CUDA-graph capture; "
+                                   "run the largest batch once eagerly before capturing")
+            n = max(numel, 0 if ws is None else ws.numel())
+            t = max(tiles, 0 if lock is None else lock.numel())
+            ws = torch.zeros(max(n, 1), dtype=torch.float32, device=device)
+            lock = torch.zeros(max(t, 1), dtype=torch.int32, device=device)
+            self._bufs[key] = (ws, lock)
+        return ws, lock
+
+
+@functools.lru_cache(maxsize=None)
+def _workspace() -> _Workspace:
+    return _Workspace()
+
+
+# Split-K is only planned for small M; reserving for this many rows up front keeps the workspace from being
+# (re)allocated inside a CUDA-graph pool (cudagraph trees refuse allocations that outlive a graph).
+RESERVE_ROWS = 256
+
+
+def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
+    """Allocate the split-K workspace for ``rows`` x ``N`` now (call outside graph capture/warm-up)."""
+    _workspace().get(torch.device(device), rows * N, -(-rows // 16) * -(-N // 16))
+
+
+def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out):
+    """Run ``plan`` on 2-D x [M, K] (contiguous last dim); writes and returns out [M, N]."""
+    if plan.x_regroup:
+        M, K = x2d.shape
+        bk = plan.x_regroup
+        x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
+    ops = Operands(x2d, qweight, qzeros, scales, bias, out)
+    if plan.workspace is not None:
+        ops.workspace, ops.tickets = _workspace().get(x2d.device, *plan.workspace)
+    if plan.dense_weight:
+        K, N = x2d.shape[1], qweight.shape[1]
+        ops.dense = torch.empty((K, N), dtype=x2d.dtype, device=qweight.device)
+        plan.fn[plan.grid](*plan.arguments(ops), **plan.kwargs)
+        if bias is None:
+            return torch.mm(x2d, ops.dense, out=out)
+        return torch.addmm(bias, x2d, ops.dense, out=out)
+    plan.fn[plan.grid](*plan.arguments(ops), **plan.kwargs)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(kernel: str, config, launch_opts, problem: Problem, target, interpret: bool) -> LaunchPlan:
+    return plan_launch(get_spec(kernel), config, launch_opts, problem, target, interpret=interpret)
+
+
+def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qzeros, scales, bias, out,
+        group_size: int, target, *, interpret: bool):
+    """Run ``kernel`` with ``config`` on x [M, K] for ``target`` (the plan's target); writes out [M, N]."""
+    M, K = x2d.shape
+    problem = Problem(K, qweight.shape[1], group_size, qzeros is not None, str(x2d.dtype)[6:],
+                      has_bias=bias is not None, m=M)
+    plan = _plan(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
+                 interpret)
+    return launch(plan, x2d, qweight, qzeros, scales, bias, out)

@@ -1,0 +1,131 @@
+"""``torch.ops.awq_compile.w4a16_linear_merged``: several AWQ linears that read one input, one launch.
+
+::
+
+    y = w4a16_linear_merged(x, [qweight...], [qzeros...], [scales...], bias, "q;k;v", fmt,
+                            group_size, plan)                       # y [..., N_1 + ... + N_p]
+
+The merge transformation (``passes/merge_projections.py``) puts this op where q/k/v or gate/up read the
+same activation, then takes each part's output as a slice of ``y``.  The parts' source tensors are
+passed as they are (one compiled graph serves every module instance, as for the single op); the weight
+cache concatenates their standard layouts along N once per set of weights
+(:meth:`~awq_compile.runtime.weights.WeightCache.get_merged`).  ``qzeros`` is empty for formats
+without zero points; ``bias`` is the parts' biases concatenated in the graph (``torch.cat``, which
+Inductor fuses with their casts) or None when no part has one (the transformation merges only parts
+that agree); ``layers`` names the parts, joined by ``;`` (custom-op schemas take no list of strings).  Every
+part is validated like the single op's arguments, errors naming that part's layer.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from ..formats.standard import dequantize_standard
+from ..kernels.problem import Problem
+from .dispatch import run_entry
+from .op import plan_for_call, check_inputs
+from .weights import weight_cache
+
+__all__ = ["w4a16_linear_merged", "merged_name", "join_names"]
+
+_SEP = ";"
+
+
+def join_names(layers) -> str:
+    return _SEP.join(layers)
+
+
+def merged_name(layers) -> str:
+    """``layers.0.self_attn.q_proj+k_proj+v_proj`` for parts that share a module path prefix."""
+    layers = list(layers)
+    heads = [name.rsplit(".", 1) for name in layers]
+    if all(len(h) == 2 for h in heads) and len({h[0] for h in heads}) == 1:
+        return heads[0][0] + "." + "+".join(h[1] for h in heads)
+    return "+".join(layers)
+
+
+def _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size):
+    layers = layers.split(_SEP)
+    name = merged_name(layers)
+    p = len(qweights)
+    if not p or len(scales) != p or len(layers) != p or len(qzeros) not in (0, p):
+        raise ValueError(f"awq_compile: merged layer {name!r}: expected one qweight, scales and layer name per "
+                         f"part and qzeros for all parts or none; got {len(qweights)} qweight, {len(qzeros)} "
+                         f"qzeros, {len(scales)} scales, {len(layers)} names")
+    parts, widths, K = [], [], None
+    for i in range(p):
+        z = qzeros[i] if qzeros else None
+        K, n = check_inputs(x, qweights[i], z, scales[i], None, layers[i], fmt, group_size)
+        parts.append((qweights[i], z, scales[i]))
+        widths.append(n)
+    N = sum(widths)
+    if bias is not None and (tuple(bias.shape) != (N,) or not bias.is_floating_point() or bias.device != x.device):
+        raise ValueError(f"awq_compile: layer '{name}': bias: expected float [{N}] on {x.device}, got "
+                         f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    return parts, N, K, name
+
+
+@torch.library.custom_op("awq_compile::w4a16_linear_merged", mutates_args=())
+def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.Tensor],
+                        scales: List[torch.Tensor], bias: Optional[torch.Tensor], layers: str, fmt: str,
+                        group_size: int, plan: str) -> torch.Tensor:
+    parts, N, K, name = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
+    merged = weight_cache().get_merged(fmt, parts, layer=name)
+    x2d = x.reshape(-1, K)
+    M = x2d.shape[0]
+    if M == 0:
+        return x.new_empty((*x.shape[:-1], N))
+    prepared = merged.prepared
+    problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
+                      has_bias=bias is not None)
+    resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
+    out = run_entry(resolved.entry_for(M), x2d, prepared, prepared.qweight, prepared.qzeros, merged.scales, bias,
+                    target=resolved.target)
+    return out.reshape(*x.shape[:-1], N)
+
+
+@w4a16_linear_merged.register_fake
+def _(x, qweights, qzeros, scales, bias, layers, fmt, group_size, plan):
+    _, N, _, _ = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
+    return x.new_empty((*x.shape[:-1], N))
+
+
+@torch.library.custom_op("awq_compile::w4a16_linear_merged_grad_x", mutates_args=())
+def w4a16_linear_merged_grad_x(grad: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.Tensor],
+                               scales: List[torch.Tensor], layers: str, fmt: str, group_size: int) -> torch.Tensor:
+    """``grad @ W^T`` for the merged weight, read through the cache (float32 accumulation)."""
+    parts = [(qweights[i], qzeros[i] if qzeros else None, scales[i]) for i in range(len(qweights))]
+    std = weight_cache().get_merged(fmt, parts, layer=merged_name(layers.split(_SEP))).standard()
+    w = dequantize_standard(std.qweight, std.qzeros, std.scales, group_size, torch.float32)
+    g2d = grad.reshape(-1, std.N).to(torch.float32)
+    return (g2d @ w.t()).to(grad.dtype).reshape(*grad.shape[:-1], std.K)
+
+
+@w4a16_linear_merged_grad_x.register_fake
+def _(grad, qweights, qzeros, scales, layers, fmt, group_size):
+    K = scales[0].shape[0] * group_size
+    return grad.new_empty((*grad.shape[:-1], K))
+
+
+def _setup_context(ctx, inputs, output):
+    x, qweights, qzeros, scales, bias, layers, fmt, group_size, plan = inputs
+    ctx.save_for_backward(*qweights, *qzeros, *scales)
+    ctx.meta = (len(qweights), len(qzeros), bias is not None, layers, fmt, group_size)
+
+
+def _backward(ctx, grad):
+    # The merge transformation never merges parts whose scales need a gradient; x and bias get theirs
+    # (the bias gradient flows back through the graph's torch.cat to each part's bias).
+    p, nz, has_bias, layers, fmt, group_size = ctx.meta
+    saved = list(ctx.saved_tensors)
+    qweights, qzeros, scales = saved[:p], saved[p:p + nz], saved[p + nz:]
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = w4a16_linear_merged_grad_x(grad, qweights, qzeros, scales, layers, fmt, group_size)
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias and ctx.needs_input_grad[4] else None
+    return grad_x, [None] * p, [None] * nz, [None] * p, grad_bias, None, None, None, None
+
+
+w4a16_linear_merged.register_autograd(_backward, setup_context=_setup_context)
