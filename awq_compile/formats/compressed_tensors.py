@@ -11,14 +11,14 @@
 
 The weight is ``(stored_code - stored_zero) * scale`` (zero 8 when symmetric), so the transposes of
 ``weight_packed`` and ``weight_zero_point`` are exactly the standard layout of :mod:`.standard`:
-conversion is a transpose, no nibble moves.
+conversion is a transpose, no nibble moves; the result is a ``Packed`` in the ``standard`` layout.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .standard import StandardWeight
+from .packed import Packed
 
 __all__ = ["check_pack_quantized", "pack_quantized_to_standard", "standard_to_pack_quantized"]
 
@@ -56,17 +56,19 @@ def check_pack_quantized(weight_packed, weight_scale, weight_zero_point, weight_
 
 
 def pack_quantized_to_standard(weight_packed: torch.Tensor, weight_scale: torch.Tensor,
-                               weight_zero_point: torch.Tensor | None) -> StandardWeight:
+                               weight_zero_point: torch.Tensor | None) -> Packed:
     """Standard layout (qweight [K/8, N], qzeros [K/G, N/8] or None, scales [K/G, N]) by transposition."""
     N, K8 = weight_packed.shape
     qweight = weight_packed.t().contiguous()
     scales = weight_scale.t().contiguous()
     qzeros = None if weight_zero_point is None else weight_zero_point.t().contiguous()
-    return StandardWeight(qweight, qzeros, scales, K8 * 8 // scales.shape[0])
+    return Packed("standard", qweight, qzeros, scales, K8 * 8 // scales.shape[0])
 
 
-def standard_to_pack_quantized(w: StandardWeight) -> dict[str, torch.Tensor]:
+def standard_to_pack_quantized(w: Packed) -> dict[str, torch.Tensor]:
     """The inverse, for writers: the tensors of one module, named as compressed-tensors names them."""
+    if w.layout != "standard":
+        raise ValueError(f"expected a standard-layout weight, found {w.layout!r}")
     out = {"weight_packed": w.qweight.t().contiguous(), "weight_scale": w.scales.t().contiguous(),
            "weight_shape": torch.tensor([w.N, w.K])}
     if w.qzeros is not None:
