@@ -1,4 +1,4 @@
-"""``python -m awq_compile <command>``: demo, explain, check-target."""
+"""``python -m awq_compile <command>``: demo, generate, quantize, explain, check-target."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("awq_compile.cli.demo", "compile the embedded default model and compare with eager"),
+    "demo": ("awq_compile.cli.demo", "SmolLM2-135M answers, eager and compiled (--synthetic: random-weight model)"),
+    "generate": ("awq_compile.cli.generate", "load a 4-bit checkpoint and generate, compiled with awq"),
+    "quantize": ("awq_compile.cli.quantize", "write an AutoAWQ-GEMM checkpoint from a float model or GGUF file"),
     "explain": ("awq_compile.cli.explain", "print the explain table for a model built by MODULE:FACTORY"),
     "check-target": ("awq_compile.cli.check_target", "compile every kernel config for a target ahead of time"),
 }
