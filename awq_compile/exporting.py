@@ -92,6 +92,9 @@ def rewrite_exported(ep, options: dict | None = None) -> tuple["torch.export.Exp
     return ep, report_of(Report(), analysis)
 
 
+_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
 def export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, package_path: str | None = None,
            options: dict | None = None, dynamic_shapes=None, package: bool = True,
            inductor_configs: dict | None = None) -> ExportResult:
@@ -101,6 +104,11 @@ def export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, p
     ``dynamic_shapes`` goes to ``torch.export.export`` (e.g. ``{"x": {0: torch.export.Dim("M")}}`` so the
     package serves every M).  With ``package=False`` only the rewritten ExportedProgram is returned.
     """
+    if package and _TORCH < (2, 13):
+        raise RuntimeError(
+            f"awq_compile.export: torch {torch.__version__}: loading an AOTInductor package that calls our op "
+            "crashed the process (segmentation fault in aoti_load_package, torch 2.11, 2026-12-01); packaging "
+            "needs torch >= 2.13. Use package=False for the rewritten ExportedProgram")
     seconds = {}
     t0 = time.perf_counter()
     with torch.no_grad():

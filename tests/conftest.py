@@ -18,6 +18,15 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# backend="awq" comes from the installed package's entry point; a source tree on a machine where the package
+# is not installed (the GPU device gets a copy of the tree) registers it here, or every such test fails
+from torch._dynamo import list_backends, register_backend  # noqa: E402
+
+if "awq" not in list_backends(exclude_tags=()):
+    from awq_compile.backend import awq_backend
+
+    register_backend(awq_backend, name="awq")
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
