@@ -10,6 +10,23 @@ import torch
 from awq_compile.backend import awq_backend
 
 
+def kernel_case(M, K, N, G, dtype, zeros, bias, seed, device):
+    """Random standard-layout weights, x and bias on ``device``, and their float64 reference output."""
+    from awq_compile.formats import from_unpacked, quantize
+
+    torch.manual_seed(seed)
+    u = quantize(torch.randn(K, N) * 0.1, G, symmetric=not zeros)
+    u.scales = u.scales.to(dtype)
+    std = from_unpacked(u)
+    x = torch.randn(M, K).to(dtype)
+    b = torch.randn(N).to(dtype) if bias else None
+    ref = x.double() @ u.dequantize(torch.float64)
+    if b is not None:
+        ref = ref + b.double()
+    to = (lambda t: None if t is None else t.to(device))
+    return to(x), to(std.qweight), to(std.qzeros), to(std.scales), to(b), ref
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).norm() / ref.norm())

@@ -11,7 +11,7 @@ import torch
 from awq_compile.formats import from_unpacked, quantize
 from awq_compile.formats.kplanes import from_kpairs, from_kplanes, kplanes_reason, to_kpairs, to_kplanes
 from awq_compile.kernels.triton.stripe import StripeConfig, check_config, stripe_grid, stripe_linear
-from _util import rel_err
+from _util import kernel_case, rel_err
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INTERP = DEV == "cpu"
@@ -19,17 +19,7 @@ TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 def _case(M, K, N, G, dtype, zeros, bias, seed):
-    torch.manual_seed(seed)
-    u = quantize(torch.randn(K, N) * 0.1, G, symmetric=not zeros)
-    u.scales = u.scales.to(dtype)
-    std = from_unpacked(u)
-    x = torch.randn(M, K).to(dtype)
-    b = torch.randn(N).to(dtype) if bias else None
-    ref = x.double() @ u.dequantize(torch.float64)
-    if b is not None:
-        ref = ref + b.double()
-    to = (lambda t: None if t is None else t.to(DEV))
-    return to(x), to(std.qweight), to(std.qzeros), to(std.scales), to(b), ref
+    return kernel_case(M, K, N, G, dtype, zeros, bias, seed, DEV)
 
 
 def _check(cfg, M, K, N, G, dtype, zeros, bias, sms, seed=0):

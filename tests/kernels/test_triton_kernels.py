@@ -9,13 +9,12 @@ tickets must be left clean by the first call.
 import pytest
 import torch
 
-from awq_compile.formats import from_unpacked, quantize
 from awq_compile.formats.standard import dequantize_standard
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.specs import get_spec
 from awq_compile.kernels.triton.launch import run
 from awq_compile.target import Target, interpreter_active
-from _util import rel_err
+from _util import kernel_case, rel_err
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the target launch options are planned for: the GPU here, else any (the interpreter takes no options)
@@ -47,17 +46,7 @@ PATHS = [
 
 
 def _case(M, K, N, G, dtype, zeros, bias, seed):
-    torch.manual_seed(seed)
-    u = quantize(torch.randn(K, N) * 0.1, G, symmetric=not zeros)
-    u.scales = u.scales.to(dtype)
-    std = from_unpacked(u)
-    x = torch.randn(M, K).to(dtype)
-    b = torch.randn(N).to(dtype) if bias else None
-    ref = x.double() @ u.dequantize(torch.float64)
-    if b is not None:
-        ref = ref + b.double()
-    to = (lambda t: None if t is None else t.to(DEV))
-    return to(x), to(std.qweight), to(std.qzeros), to(std.scales), to(b), ref
+    return kernel_case(M, K, N, G, dtype, zeros, bias, seed, DEV)
 
 
 def _run(kid, cfg, x, q, qz, s, b, G, ref, dtype):
