@@ -50,31 +50,32 @@ def _bits(mod) -> int:
     return int(getattr(mod, "w_bit", getattr(mod, "bits", 4)))
 
 
-def _from_awq(mod) -> nn.Module | str:
+def _packed(mod, fmt: str):
+    """``(qweight, qzeros, scales, K, N)`` of a module holding ``fmt`` tensors, or why it cannot be taken."""
     qweight, qzeros, scales = _t(mod, "qweight"), _t(mod, "qzeros"), _t(mod, "scales")
     if qweight is None or scales is None:
         return "no qweight/scales tensors (already repacked for another kernel?)"
     if _bits(mod) != 4:
         return f"{_bits(mod)}-bit weights; only 4-bit is supported"
     K, N = mod.in_features, mod.out_features
-    why = get_format("awq").check(qweight, qzeros, scales, K, N)
-    if why:
-        return why
+    return get_format(fmt).check(qweight, qzeros, scales, K, N) or (qweight, qzeros, scales, K, N)
+
+
+def _from_awq(mod) -> nn.Module | str:
+    found = _packed(mod, "awq")
+    if isinstance(found, str):
+        return found
+    qweight, qzeros, scales, K, N = found
     new = AwqLinear(K, N, K // scales.shape[0], bias=_t(mod, "bias") is not None, device="meta")
     new._buffers.update(qweight=qweight, qzeros=qzeros, scales=scales, bias=_t(mod, "bias"))
     return new
 
 
 def _from_gptq(mod) -> nn.Module | str:
-    qweight, qzeros, scales = _t(mod, "qweight"), _t(mod, "qzeros"), _t(mod, "scales")
-    if qweight is None or scales is None:
-        return "no qweight/scales tensors (already repacked for another kernel?)"
-    if _bits(mod) != 4:
-        return f"{_bits(mod)}-bit weights; only 4-bit is supported"
-    K, N = mod.in_features, mod.out_features
-    why = get_format("gptq_v2").check(qweight, qzeros, scales, K, N)
-    if why:
-        return why
+    found = _packed(mod, "gptq_v2")
+    if isinstance(found, str):
+        return found
+    qweight, qzeros, scales, K, N = found
     G = K // scales.shape[0]
     g_idx = _t(mod, "g_idx")
     if g_idx is not None and not torch.equal(g_idx.to(torch.int64).cpu(), torch.arange(K) // G):

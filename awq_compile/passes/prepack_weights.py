@@ -69,8 +69,9 @@ def prepack_weights(gm: torch.fx.GraphModule, analysis: Analysis) -> torch.fx.Gr
         return gm
     cache = weight_cache()
     values = analysis.bindings.values
-    for unit in weight_units(analysis):
+    units = weight_units(analysis)
+    for unit in units:
         unit.prepare(cache, values.__getitem__, analysis.options.reuse_weight_memory)
-    log.debug("prepacked %d layer(s) in %d launch(es); cache holds %d entries", len(analysis.layers),
-              len(weight_units(analysis)), len(cache))
+    log.debug("prepacked %d layer(s) in %d launch(es); cache holds %d entries", len(analysis.layers), len(units),
+              len(cache))
     return gm
