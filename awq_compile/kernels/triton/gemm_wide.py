@@ -1,0 +1,131 @@
+"""Fused W4A16 GEMM for prefill-sized M (spec ``triton_gemm_wide``): big output tiles, the whole K tile
+decoded in the activation dtype, one ``tl.dot`` per K tile.
+
+Per K tile (BLOCK_K <= the group, so one scale/zero row): the packed words [BLOCK_K/8, BLOCK_N] are
+split into their eight nibbles with the 16-bit magic (``(q | 0x6400)`` as fp16 is ``1024 + q``; bf16
+``0x4300``: ``128 + q``), ``q - z`` is exact in the activation dtype and the product with the group scale
+is rounded once -- bit-identical to the user's ``(q - z) * s``.  The tile comes out in natural K order
+(row ``8 r + i`` is nibble i of word row r), so x is one contiguous [BLOCK_M, BLOCK_K] load that the
+pipeliner turns into asynchronous copies (``num_stages``), like the packed words.
+
+Two formulations of the product, both measured on the H200 (docs/performance.md):
+
+* TRANS off: ``acc[BM, BN] += x[BM, BK] @ w[BK, BN]``.  On Hopper the decoded weight is the right
+  operand, so it is stored to shared memory and the dot is a shared x shared ``warp_group_dot``.
+* TRANS on: ``acc^T[BN, BM] += w^T[BN, BK] @ x^T[BK, BM]``: the decoded weight is the left operand and
+  can stay in registers (register-A ``warp_group_dot``), x^T is read from shared memory.
+
+PERSIST: a persistent grid of ``programs`` (the plan sizes it to the SM count) walks the output tiles in
+grouped order with a stride, so no program ends a partial wave idle while others still start tiles.
+SPLIT_K > 1 splits K over programs, reduced in the fp32 workspace by the shared ``_finish`` epilogue.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .decode import _finish, _magic16
+
+
+@triton.jit
+def _decode_tile(packed, s, zm, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr,
+                 EXACT_F32: tl.constexpr):
+    """[BLOCK_K, BLOCK_N] ``(q - z) * s`` in ACT from packed [BLOCK_K/8, BLOCK_N] int32, ``zm = MAGIC + z``
+    [BLOCK_N] in ACT and s [BLOCK_N]; natural K order.  EXACT_F32: the scale is not in ACT (or the
+    interpreter runs: its 16-bit float arithmetic is not the GPU's): the exact product in fp32, rounded
+    once to ACT."""
+    sh = 4 * tl.arange(0, 8)
+    q = ((packed[:, None, :] >> sh[None, :, None]) & 15).to(tl.int16)
+    if EXACT_F32:
+        w = _magic16(q, ACT).to(tl.float32) - zm.to(tl.float32)[None, None, :]
+        w = (w * s.to(tl.float32)[None, None, :]).to(ACT)
+    else:
+        w = _magic16(q, ACT) - zm[None, None, :]               # q - z, exact
+        w = w * s[None, None, :]                                # rounded once, like the user's dequant
+    return tl.reshape(w, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stride_zg, stride_sg,
+               pid_m, pid_n, pid_k,
+               GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+               UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over this program's share of K."""
+    ACT: tl.constexpr = x_ptr.dtype.element_ty
+    EXACT_F32: tl.constexpr = UPCAST_DOT or (s_ptr.dtype.element_ty != ACT)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_K // 8)
+    if TRANS:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        x_tile = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None]           # x^T [BK, BM]
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]           # x [BM, BK]
+    w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    lo = pid_k * per_split
+    hi = tl.minimum(k_tiles, lo + per_split)
+    for t in range(lo, hi):
+        k0 = t * BLOCK_K
+        packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+        if HAS_ZEROS:
+            zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+            zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
+        else:
+            zq = tl.full(offs_n.shape, 8, tl.int16)
+        w = _decode_tile(packed, s, _magic16(zq, ACT), BLOCK_K, BLOCK_N, ACT, EXACT_F32)
+        if TRANS:
+            a = tl.load(x_tile + k0, mask=mask_m[None, :], other=0.0)
+            if UPCAST_DOT:  # interpreter only: its bf16 dot is wrong; fp32 of the same values
+                acc = tl.dot(tl.trans(w.to(tl.float32)), a.to(tl.float32), acc)
+            else:
+                acc = tl.dot(tl.trans(w), a, acc)
+        else:
+            a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
+            if UPCAST_DOT:
+                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+            else:
+                acc = tl.dot(a, w, acc)
+    if TRANS:
+        acc = tl.trans(acc)
+    return acc, offs_m, offs_n
+
+
+@triton.jit
+def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+                      M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+                      GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                      TRANS: tl.constexpr, PERSIST: tl.constexpr):
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tiles = num_m * num_n
+    width = GROUP_M * num_n
+    pid_k = tl.program_id(1)
+    if PERSIST:
+        first = tl.program_id(0)
+        step = tl.num_programs(0)
+    else:
+        first = tl.program_id(0)
+        step = tiles
+    for tile in range(first, tiles, step):
+        # grouped order: GROUP_M row tiles share each column strip while it is in L2
+        first_m = (tile // width) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % width) % size_m
+        pid_n = (tile % width) // size_m
+        acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
+                                         stride_zg, stride_sg, pid_m, pid_n, pid_k, GROUP_SIZE, HAS_ZEROS,
+                                         BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
+        _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
+                stride_om, SPLIT_K, HAS_BIAS)
