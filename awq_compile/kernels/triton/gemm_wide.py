@@ -109,23 +109,35 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       TRANS: tl.constexpr, PERSIST: tl.constexpr):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    tiles = num_m * num_n
-    width = GROUP_M * num_n
-    pid_k = tl.program_id(1)
     if PERSIST:
-        first = tl.program_id(0)
-        step = tl.num_programs(0)
+        for tile in range(tl.program_id(0), num_m * num_n, tl.num_programs(0)):
+            _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
+                              stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tile, 0, num_m, num_n,
+                              GROUP_SIZE, HAS_ZEROS, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, 1, GROUP_M,
+                              UPCAST_DOT, TRANS)
     else:
-        first = tl.program_id(0)
-        step = tiles
-    for tile in range(first, tiles, step):
-        # grouped order: GROUP_M row tiles share each column strip while it is in L2
-        first_m = (tile // width) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % width) % size_m
-        pid_n = (tile % width) // size_m
-        acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
-                                         stride_zg, stride_sg, pid_m, pid_n, pid_k, GROUP_SIZE, HAS_ZEROS,
-                                         BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
-        _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-                stride_om, SPLIT_K, HAS_BIAS)
+        # (no loop around the split-K epilogue: its early return of the non-last programs must end the kernel)
+        _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
+                          stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tl.program_id(0),
+                          tl.program_id(1), num_m, num_n, GROUP_SIZE, HAS_ZEROS, HAS_BIAS, BLOCK_M, BLOCK_N,
+                          BLOCK_K, SPLIT_K, GROUP_M, UPCAST_DOT, TRANS)
+
+
+@triton.jit
+def _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
+                      stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tile, pid_k, num_m, num_n,
+                      GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                      TRANS: tl.constexpr):
+    # grouped order: GROUP_M row tiles share each column strip while it is in L2
+    width = GROUP_M * num_n
+    first_m = (tile // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % width) % size_m
+    pid_n = (tile % width) // size_m
+    acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
+                                     stride_zg, stride_sg, pid_m, pid_n, pid_k, GROUP_SIZE, HAS_ZEROS,
+                                     BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
+    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
+            stride_om, SPLIT_K, HAS_BIAS)

@@ -1,0 +1,233 @@
+"""Device sweep of ``triton_gemm_wide`` next to the shipped plan and fp16 cuBLAS, in one process.
+
+``python -m benchmarks.wide_sweep [--shapes ...] [--ms 64,256,1024,4096] [--dtypes float16] [--configs SET]
+[--jobs 12] [--stress 10] [--json out.json]``
+
+Same method as ``benchmarks.gemm`` (one CUDA graph over R weight copies >= 256 MB, median of replays / R).
+Every config is first compiled in ``--jobs`` worker processes (Triton's cache then serves the timing
+process), then per (shape, M): ``ours`` (the op with today's plan), ``cublas`` (fp16 ``x @ W``) and each
+config -- relative error against float64 on a NaN-poisoned output before it is timed.  The best config
+per row is relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
+``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import json
+import multiprocessing as mp
+import sys
+
+import torch
+
+SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
+G = 128
+
+SETS = {
+    # sweep 1 (2026-12-01 12:37 UTC): TRANS wins everywhere; 256x128x64 (256 tokens per tile) from M = 256 up
+    "small1": ("64x128x64:4:4:t", "64x128x128:4:3:t", "64x64x128:4:4:t", "64x256x64:8:3:t", "64x128x64:4:4",
+               "64x128x128:4:3"),
+    "large1": ("128x256x64:8:3:t", "128x128x64:8:3:t", "128x128x64:8:4:t", "128x128x64:4:3:t", "256x128x64:8:3:t",
+               "128x128x128:8:3:t", "64x256x64:8:3:t", "128x256x64:8:3:t:p1", "128x128x64:8:3:t:p1",
+               "128x256x64:8:3", "128x256x64:8:4", "128x128x64:4:3", "256x128x64:8:3"),
+    # sweep 2: split-K for the few-tile shapes, two 4-warp programs per SM, 256-token tiles
+    "small": ("64x64x128:4:4:t", "64x64x128:4:4:t:sk2", "64x64x128:4:4:t:sk4", "64x128x64:4:4:t:sk2",
+              "64x128x128:4:4:t:sk2", "64x64x64:4:4:t:sk2", "64x128x128:4:3"),
+    "large": ("256x128x64:8:3:t", "256x128x64:8:2:t", "256x64x64:4:3:t", "256x64x64:4:2:t", "128x64x64:4:3:t",
+              "256x64x128:4:2:t", "128x128x64:4:3:t", "256x128x64:8:3:t:sk2", "128x128x64:4:3:t:sk2",
+              "256x64x64:4:3:t:sk2", "256x128x64:8:3:t:g16", "256x128x64:8:3:t:p1"),
+}
+
+
+def parse(spec: str) -> dict:
+    parts = spec.split(":")
+    bm, bn, bk = (int(v) for v in parts[0].split("x"))
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=int(parts[1]), num_stages=int(parts[2]))
+    for flag in parts[3:]:
+        if flag == "t":
+            cfg["TRANS"] = 1
+        elif flag.startswith("p"):
+            cfg["PERSIST"] = int(flag[1:])
+        elif flag.startswith("sk"):
+            cfg["SPLIT_K"] = int(flag[2:])
+        elif flag.startswith("g"):
+            cfg["GROUP_M"] = int(flag[1:])
+        else:
+            raise ValueError(f"unknown flag {flag!r} in {spec!r}")
+    return cfg
+
+
+def configs_for(M: int, which: str) -> list[str]:
+    if which != "auto":
+        return [c for name in which.split("+") for c in SETS.get(name, (name,))]
+    return list(SETS["small"] if M <= 64 else SETS["large"])
+
+
+def _run_cfg(spec: str, x, std, out, target):
+    from awq_compile.kernels.specs import get_spec
+    from awq_compile.kernels.triton.launch import run
+
+    cfg, launch = get_spec("triton_gemm_wide").parse(parse(spec), spec, backend="cuda", table=False)
+    return run("triton_gemm_wide", cfg, launch, x, std.qweight, std.qzeros, std.scales, None, out, G, target,
+               interpret=False)
+
+
+def _compile_worker(items):
+    """Compile (spec, dtype) items by launching each once on a small problem (same specialisation)."""
+    from awq_compile.formats import get_format
+    from awq_compile.target import detect
+
+    from .common import random_awq
+
+    target = detect(torch.device("cuda"))
+    res = []
+    for spec, dname in items:
+        dtype = getattr(torch, dname)
+        std = get_format("awq").to_standard(*random_awq(512, 512, G, dtype=dtype))
+        x = torch.randn(64, 512, dtype=dtype, device="cuda")
+        out = torch.empty(64, 512, dtype=dtype, device="cuda")
+        try:
+            _run_cfg(spec, x, std, out, target)
+            torch.cuda.synchronize()
+            res.append((spec, dname, None))
+        except Exception as e:
+            res.append((spec, dname, f"{type(e).__name__}: {str(e)[:200]}"))
+    return res
+
+
+def precompile(specs: list[str], dtypes: list[str], jobs: int) -> dict:
+    items = [(s, d) for s in specs for d in dtypes]
+    chunks = [items[i::jobs] for i in range(min(jobs, len(items)))]
+    failed = {}
+    with cf.ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("spawn")) as ex:
+        for res in ex.map(_compile_worker, chunks):
+            for spec, dname, err in res:
+                if err:
+                    failed[(spec, dname)] = err
+                    print(f"# compile {spec} {dname} FAILED {err}", flush=True)
+    return failed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
+    ap.add_argument("--ms", default="64,256,1024,4096")
+    ap.add_argument("--dtypes", default="float16")
+    ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), a set name or specs")
+    ap.add_argument("--jobs", type=int, default=12)
+    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--stress", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import triton
+
+    import awq_compile.runtime.op  # noqa: F401
+    from awq_compile.formats.standard import dequantize_standard
+    from awq_compile.kernels.problem import Problem
+    from awq_compile.kernels.registry import select
+    from awq_compile.target import detect
+
+    from .common import AWQ, copies_for, graph_time_us, random_awq, rel_err
+
+    ms = [int(m) for m in args.ms.split(",")]
+    dtypes = args.dtypes.split(",")
+    all_specs = sorted({s for M in ms for s in configs_for(M, args.configs)})
+    t0 = datetime.datetime.now()
+    failed = precompile(all_specs, dtypes, args.jobs)
+    print(f"# compiled {len(all_specs)} configs x {len(dtypes)} dtypes in "
+          f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
+    dev = torch.cuda.get_device_properties(0)
+    target = detect(torch.device("cuda"))
+    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), device=dev.name,
+                sms=dev.multi_processor_count, torch=torch.__version__, triton=triton.__version__, target=str(target))
+    print(f"# {meta}", flush=True)
+    rows = []
+    for dname in dtypes:
+        dtype = getattr(torch, dname)
+        for shape in args.shapes.split(","):
+            K, N = (int(v) for v in shape.split("x"))
+            R = copies_for(K * N // 2)
+            srcs = [random_awq(K, N, G, dtype=dtype, seed=r) for r in range(R)]
+            std = [AWQ.to_standard(*s) for s in srcs]
+            w64 = dequantize_standard(std[0].qweight, std[0].qzeros, std[0].scales.double(), G, torch.float64)
+            R16 = copies_for(K * N * 2)
+            fp16 = [AWQ.to_unpacked(*srcs[r % R]).dequantize(dtype) for r in range(R16)]
+            enc = select(Problem(K, N, G, True, dname), target).encode()
+            op = torch.ops.awq_compile.w4a16_linear
+            for M in ms:
+                x = torch.randn(M, K, dtype=dtype, device="cuda")
+                ref = x.double() @ w64
+                base = dict(K=K, N=N, M=M, dtype=dname)
+                calls = [(lambda s=s: op(x, s[0], s[1], s[2], None, [], "bench", "awq", G, enc, "")) for s in srcs]
+                ours = graph_time_us(calls)
+                cub = graph_time_us([(lambda w=w: x @ w) for w in fp16])
+                rows.append(dict(base, cfg="ours", us=ours, err=rel_err(calls[0](), ref)))
+                rows.append(dict(base, cfg="cublas", us=cub))
+                print(f"  {dname} {K}x{N} M={M:5d} ours {ours:8.2f}  cublas {cub:8.2f}", flush=True)
+                best = None
+                for spec in configs_for(M, args.configs):
+                    if (spec, dname) in failed:
+                        continue
+                    out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+                    row = dict(base, cfg=spec)
+                    try:
+                        _run_cfg(spec, x, std[0], out, target)
+                        torch.cuda.synchronize()
+                        row["err"] = err = rel_err(out, ref)
+                        if not err < args.tol:
+                            print(f"    {spec:26s} WRONG err={err:.2e}", flush=True)
+                            rows.append(row)
+                            continue
+                        outs = [torch.empty((M, N), dtype=dtype, device="cuda") for _ in std]
+                        us = graph_time_us([(lambda w=w, o=o: _run_cfg(spec, x, w, o, target))
+                                            for w, o in zip(std, outs)])
+                    except Exception as e:
+                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                        print(f"    {spec:26s} FAILED {row['error']}", flush=True)
+                        rows.append(row)
+                        continue
+                    row["us"] = us
+                    rows.append(row)
+                    print(f"    {spec:26s} {us:8.2f} us  ({us / cub:4.2f}x cuBLAS, {us / ours:4.2f}x ours)  "
+                          f"err {err:.1e}", flush=True)
+                    if best is None or us < best[0]:
+                        best = (us, spec, row)
+                if best is not None and args.stress:
+                    us, spec, row = best
+                    out = torch.empty((M, N), dtype=dtype, device="cuda")
+                    errs, bad = [], 0
+                    for i in range(args.stress):
+                        xs = torch.randn(M, K, dtype=dtype, device="cuda") if i % 2 else x
+                        r_ = ref if xs is x else xs.double() @ w64
+                        out.fill_(float("nan"))
+                        _run_cfg(spec, xs, std[0], out, target)
+                        e = rel_err(out, r_)
+                        errs.append(e)
+                        bad += not (e < args.tol)
+                    row["stress"] = dict(launches=args.stress, wrong=bad, max_err=max(errs))
+                    print(f"  best {dname} {K}x{N} M={M}: {spec} {us:.2f} us ({us / cub:.2f}x cuBLAS); stress "
+                          f"{args.stress}: {bad} wrong, max err {max(errs):.2e}", flush=True)
+            del srcs, std, fp16, w64
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    print("\nbest per row (µs): dtype shape M | ours cublas | best wide config")
+    keyed: dict = {}
+    for r in rows:
+        keyed.setdefault((r["dtype"], r["K"], r["N"], r["M"]), []).append(r)
+    for (dn, K, N, M), rs in keyed.items():
+        o = next(r["us"] for r in rs if r["cfg"] == "ours")
+        c = next(r["us"] for r in rs if r["cfg"] == "cublas")
+        w = [r for r in rs if r["cfg"] not in ("ours", "cublas") and r.get("us")]
+        b = min(w, key=lambda r: r["us"]) if w else None
+        print(f"{dn:8s} {K}x{N:<6} M={M:5d} | {o:8.2f} {c:8.2f} | "
+              + (f"{b['us']:8.2f} {b['us'] / c:4.2f}x cuBLAS  {b['cfg']}" if b else "-"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
