@@ -28,18 +28,20 @@ def parse(spec: str) -> dict:
     for flag in parts[3:]:
         if flag == "t":
             cfg["TRANS"] = 1
-        elif flag == "p":
-            cfg["PERSIST"] = 1
         elif flag.startswith("sk"):
             cfg["SPLIT_K"] = int(flag[2:])
+        elif flag == "x":
+            cfg["XPERM"] = 1
+        elif flag.startswith("p"):
+            cfg["PERSIST"] = int(flag[1:])
     return cfg
 
 
-def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336):
+def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336, kernel="triton_gemm_wide"):
     import triton
     from triton.compiler import ASTSource, make_backend
 
-    req = AotRequest.make("triton_gemm_wide", cfg, str(target), act_dtype=act_dtype, K=K, N=N)
+    req = AotRequest.make(kernel, cfg, str(target), act_dtype=act_dtype, K=K, N=N)
     fn, values, constexprs, options = _planned(req)
     values["M"] = M
     sig, ints = _signature(fn, values, constexprs)
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="cuda:sm90")
     ap.add_argument("--configs", default=",".join(DEFAULT))
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--kernel", default="triton_gemm_wide")
     ap.add_argument("--dump", default=None, help="write each config's TTGIR and PTX here")
     args = ap.parse_args(argv)
     target = Target.parse(args.target)
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
     print(f"triton {triton.__version__}, target {target}")
     for spec in args.configs.split(","):
         try:
-            c = compile_one(parse(spec), target, args.dtype)
+            c = compile_one(parse(spec), target, args.dtype, kernel=args.kernel)
         except Exception as e:  # a compile failure is a finding
             print(f"{spec:24s} FAILED {type(e).__name__}: {str(e)[-300:]}")
             continue

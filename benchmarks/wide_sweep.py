@@ -33,11 +33,19 @@ SETS = {
                "128x128x128:8:3:t", "64x256x64:8:3:t", "128x256x64:8:3:t:p1", "128x128x64:8:3:t:p1",
                "128x256x64:8:3", "128x256x64:8:4", "128x128x64:4:3", "256x128x64:8:3"),
     # sweep 2: split-K for the few-tile shapes, two 4-warp programs per SM, 256-token tiles
-    "small": ("64x64x128:4:4:t", "64x64x128:4:4:t:sk2", "64x64x128:4:4:t:sk4", "64x128x64:4:4:t:sk2",
-              "64x128x128:4:4:t:sk2", "64x64x64:4:4:t:sk2", "64x128x128:4:3"),
-    "large": ("256x128x64:8:3:t", "256x128x64:8:2:t", "256x64x64:4:3:t", "256x64x64:4:2:t", "128x64x64:4:3:t",
-              "256x64x128:4:2:t", "128x128x64:4:3:t", "256x128x64:8:3:t:sk2", "128x128x64:4:3:t:sk2",
-              "256x64x64:4:3:t:sk2", "256x128x64:8:3:t:g16", "256x128x64:8:3:t:p1"),
+    "small2": ("64x64x128:4:4:t", "64x64x128:4:4:t:sk2", "64x64x128:4:4:t:sk4", "64x128x64:4:4:t:sk2",
+               "64x128x128:4:4:t:sk2", "64x64x64:4:4:t:sk2", "64x128x128:4:3"),
+    "large2": ("256x128x64:8:3:t", "256x128x64:8:2:t", "256x64x64:4:3:t", "256x64x64:4:2:t", "128x64x64:4:3:t",
+               "256x64x128:4:2:t", "128x128x64:4:3:t", "256x128x64:8:3:t:sk2", "128x128x64:4:3:t:sk2",
+               "256x64x64:4:3:t:sk2", "256x128x64:8:3:t:g16", "256x128x64:8:3:t:p1"),
+    # sweep 3 (every grid in the loop form): decode-sized token tiles, BLOCK_K 32, more split-K
+    "tiny": ("16x128x128:4:4:t:sk4", "16x64x128:4:4:t:sk4", "16x128x128:4:4:t:sk8", "16x64x128:4:4:t:sk2",
+             "16x128x64:4:4:t:sk4", "32x128x128:4:4:t:sk4", "32x64x128:4:4:t:sk2"),
+    "small": ("64x64x128:4:4:t", "64x64x128:4:4:t:sk2", "64x64x128:4:4:t:sk4", "64x64x64:4:4:t:sk2",
+              "64x128x128:4:4:t:sk2", "64x32x128:4:4:t", "64x64x128:4:5:t:sk2", "128x64x64:4:3:t"),
+    "large": ("256x128x64:8:3:t", "256x128x64:8:4:t", "256x128x64:8:3:t:p1", "256x128x32:8:4:t",
+              "256x128x32:8:4:t:p1", "256x64x64:4:3:t", "128x128x64:4:3:t", "256x128x64:8:3:t:g4",
+              "256x64x64:4:3:t:sk2", "128x64x64:4:3:t:sk2", "256x128x64:8:3:t:sk2"),
 }
 
 
@@ -62,7 +70,9 @@ def parse(spec: str) -> dict:
 def configs_for(M: int, which: str) -> list[str]:
     if which != "auto":
         return [c for name in which.split("+") for c in SETS.get(name, (name,))]
-    return list(SETS["small"] if M <= 64 else SETS["large"])
+    if M <= 32:
+        return list(SETS["tiny"])
+    return list(SETS["small"] if M <= 128 else SETS["large"])
 
 
 def _run_cfg(spec: str, x, std, out, target):
@@ -117,7 +127,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), a set name or specs")
     ap.add_argument("--jobs", type=int, default=12)
-    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--tol", type=float, default=1e-3, help="fp16; bf16 outputs get 10x (their rounding is 4e-3)")
     ap.add_argument("--stress", type=int, default=10)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -147,6 +157,7 @@ def main(argv=None):
     rows = []
     for dname in dtypes:
         dtype = getattr(torch, dname)
+        tol = args.tol * (10 if dname == "bfloat16" else 1)
         for shape in args.shapes.split(","):
             K, N = (int(v) for v in shape.split("x"))
             R = copies_for(K * N // 2)
@@ -177,7 +188,7 @@ def main(argv=None):
                         _run_cfg(spec, x, std[0], out, target)
                         torch.cuda.synchronize()
                         row["err"] = err = rel_err(out, ref)
-                        if not err < args.tol:
+                        if not err < tol:
                             print(f"    {spec:26s} WRONG err={err:.2e}", flush=True)
                             rows.append(row)
                             continue
@@ -206,7 +217,7 @@ def main(argv=None):
                         _run_cfg(spec, xs, std[0], out, target)
                         e = rel_err(out, r_)
                         errs.append(e)
-                        bad += not (e < args.tol)
+                        bad += not (e < tol)
                     row["stress"] = dict(launches=args.stress, wrong=bad, max_err=max(errs))
                     print(f"  best {dname} {K}x{N} M={M}: {spec} {us:.2f} us ({us / cub:.2f}x cuBLAS); stress "
                           f"{args.stress}: {bad} wrong, max err {max(errs):.2e}", flush=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _finish, _magic16
+from .decode import _magic16
 
 
 @triton.jit
@@ -109,35 +109,51 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       TRANS: tl.constexpr, PERSIST: tl.constexpr):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
+    tiles = num_m * num_n
     if PERSIST:
-        for tile in range(tl.program_id(0), num_m * num_n, tl.num_programs(0)):
-            _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
-                              stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tile, 0, num_m, num_n,
-                              GROUP_SIZE, HAS_ZEROS, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, 1, GROUP_M,
-                              UPCAST_DOT, TRANS)
+        step = tl.num_programs(0)
     else:
-        # (no loop around the split-K epilogue: its early return of the non-last programs must end the kernel)
-        _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
-                          stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tl.program_id(0),
-                          tl.program_id(1), num_m, num_n, GROUP_SIZE, HAS_ZEROS, HAS_BIAS, BLOCK_M, BLOCK_N,
-                          BLOCK_K, SPLIT_K, GROUP_M, UPCAST_DOT, TRANS)
+        step = tiles
+    # one loop form for both grids: on Triton 3.6 the single-trip loop compiled 256x128x64 tiles ~15-20%
+    # faster than straight-line code (sweeps 1 and 2, docs/performance.md)
+    for tile in range(tl.program_id(0), tiles, step):
+        # grouped order: GROUP_M row tiles share each column strip while it is in L2
+        width = GROUP_M * num_n
+        first_m = (tile // width) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % width) % size_m
+        pid_n = (tile % width) // size_m
+        acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
+                                         stride_zg, stride_sg, pid_m, pid_n, tl.program_id(1), GROUP_SIZE,
+                                         HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
+        _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
+                    stride_om, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
-def _wide_output_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K,
-                      stride_xm, stride_qk, stride_zg, stride_sg, stride_om, tile, pid_k, num_m, num_n,
-                      GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                      TRANS: tl.constexpr):
-    # grouped order: GROUP_M row tiles share each column strip while it is in L2
-    width = GROUP_M * num_n
-    first_m = (tile // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (tile % width) % size_m
-    pid_n = (tile % width) // size_m
-    acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
-                                     stride_zg, stride_sg, pid_m, pid_n, pid_k, GROUP_SIZE, HAS_ZEROS,
-                                     BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
-    _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-            stride_om, SPLIT_K, HAS_BIAS)
+def _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile_id, stride_om,
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``decode._finish`` without its early return (which cannot sit in a loop): split-K partial sums go
+    to the fp32 workspace, and the last program of a tile (ticket) writes the output and re-zeroes it."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+    if SPLIT_K > 1:
+        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+        # every thread's adds performed at gpu scope before the ticket (see decode._finish)
+        tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="release")
+        tl.debug_barrier()
+        ticket = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            total = tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="acquire")   # read at L2
+            tl.store(ws, tl.zeros_like(acc), mask=mask)
+            tl.atomic_xchg(lock_ptr + tile_id, 0)
+            if HAS_BIAS:
+                total = total + bias[None, :]
+            tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        if HAS_BIAS:
+            acc = acc + bias[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
