@@ -17,7 +17,7 @@ for K, N in ((4096, 14336), (14336, 4096), (8192, 8192), (4096, 1024)):
     st = AWQ.to_standard(q, z, s)
     w = dequant64(q, z, s)
     plan = select(Problem(K, N, 128, True, "float16"), target)
-    for M in (1, 3, 5, 16, 33, 64, 100):
+    for M in (1, 3, 5, 16, 24, 33, 64, 100, 128):
         e = plan.entry_for(M)
         cfg = e.config_dict
         if cfg.get("SPLIT_K", 1) == 1:
