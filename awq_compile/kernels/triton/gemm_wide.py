@@ -12,12 +12,16 @@ Two formulations of the product, both measured on the H200 (docs/performance.md)
 
 * TRANS off: ``acc[BM, BN] += x[BM, BK] @ w[BK, BN]``.  On Hopper the decoded weight is the right
   operand, so it is stored to shared memory and the dot is a shared x shared ``warp_group_dot``.
-* TRANS on: ``acc^T[BN, BM] += w^T[BN, BK] @ x^T[BK, BM]``: the decoded weight is the left operand and
-  can stay in registers (register-A ``warp_group_dot``), x^T is read from shared memory.
+* TRANS on: ``acc^T[BN, BM] += w^T[BN, BK] @ x^T[BK, BM]``: the decoded weight is the left operand
+  (register-A ``warp_group_dot``, pipelined with ``pendings = 3`` on Triton 3.6), x^T is read from shared
+  memory.  The decoded tile still takes one layout conversion per K tile on its way to the operand
+  layout; that shared-memory round trip and its barrier are what limits the kernel (ncu, performance.md).
+  TRANS won every row of the H200 sweeps, so the tables list TRANS configs only.
 
 PERSIST: a persistent grid of ``programs`` (the plan sizes it to the SM count) walks the output tiles in
 grouped order with a stride, so no program ends a partial wave idle while others still start tiles.
-SPLIT_K > 1 splits K over programs, reduced in the fp32 workspace by the shared ``_finish`` epilogue.
+SPLIT_K > 1 splits K over programs, reduced in the fp32 workspace by ``_store_tile`` (``decode._finish``
+without the early return, so it can sit in the tile loop).
 """
 
 from __future__ import annotations
