@@ -1,0 +1,275 @@
+"""Tensor parallelism on 2 gloo ranks: sharded loading, compiled with backend="awq", against one process.
+
+One job for the whole module: two worker processes (``_tp_worker.py``, torchrun's environment variables,
+a free port) run every case once while this process computes the single-process references; each test
+below checks one property of what they saved.  The job is bounded: a rank that fails stops the other,
+and both are killed past ``TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from _writers import float_model, tiny_config, write_checkpoint, write_ct  # noqa: E402
+
+from awq_compile import load_pretrained  # noqa: E402
+
+WORLD = 2
+TIMEOUT = 420          # seconds for the whole job (two tiny models compiled on each rank take ~40 s on 2 cores)
+STEPS = 4              # greedy tokens generated
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# (id, kind, format, group size, symmetric, compiled): fresh random weights, fp32 activations
+GOOD = [
+    ("llama-awq", "llama", "awq", 32, False, True),
+    ("qwen2-awq", "qwen2", "awq", 32, False, True),     # q/k/v bias: column-parallel bias slices
+    ("llama-gptq_v2", "llama", "gptq_v2", 32, False, False),
+    ("qwen2-gptq_v1", "qwen2", "gptq_v1", 32, False, False),   # g_idx checked against the global rows
+    ("llama-ct", "llama", "ct", 32, False, False),
+    ("qwen2-ct-channel", "qwen2", "ct", None, True, False),    # one group over K: every rank keeps the scales
+]
+# (id, config changes, group size, what the one error must say)
+BAD = [
+    ("bad-heads", dict(hidden=96, heads=3, kv=3, inter=192), 32,
+     [r"layer model\.layers\.0\.self_attn: num_attention_heads=3 is not divisible by the world size 2",
+      r"num_key_value_heads=3"]),
+    ("bad-groups", dict(hidden=64, heads=4, kv=2, inter=192), 64,
+     # o_proj (K = 64 = one group) splits into one group per rank; down_proj's 96 rows are 1.5 groups
+     [r"layer model\.layers\.0\.mlp\.down_proj: row-parallel: in_features=192 split 2 ways is 96 rows per "
+      r"rank, not whole groups of 64 \(needs a multiple of 128\) \(and 1 more layer\(s\) alike\)$"]),
+    ("bad-words", dict(hidden=48, heads=4, kv=2, inter=128), 8,
+     [r"layer model\.layers\.0\.self_attn\.k_proj: column-parallel: out_features=24 split 2 ways is 12 "
+      r"columns per rank, not whole 8-column packed words \(needs a multiple of 16\) \(and 3 more"]),
+]
+
+
+def _config(kind, hidden, heads, kv, inter):
+    cfg = tiny_config(kind, hidden=hidden)
+    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = heads, kv, inter
+    cfg.head_dim = hidden // heads
+    return cfg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ids():
+    return torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(0))
+
+
+def _start(spec_path: str, out: str):
+    port = _free_port()
+    procs = []
+    for rank in range(WORLD):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                   LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        log = open(os.path.join(out, f"rank{rank}.log"), "w")
+        procs.append((subprocess.Popen([sys.executable, os.path.join(HERE, "_tp_worker.py"), spec_path],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+    return procs
+
+
+def _finish(procs, out: str, deadline: float) -> None:
+    """Wait for every rank; a failed rank or the deadline kills the rest. Fails with the logs' tails."""
+    failed = None
+    while any(p.poll() is None for p, _ in procs):
+        bad = [r for r, (p, _) in enumerate(procs) if p.poll() not in (None, 0)]
+        if bad or time.monotonic() > deadline:
+            failed = f"rank {bad[0]} exited with {procs[bad[0]][0].returncode}" if bad else \
+                f"the job ran past {TIMEOUT} s"
+            break
+        time.sleep(0.2)
+    for p, log in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        log.close()
+    if failed is None and any(p.returncode for p, _ in procs):
+        failed = "exit codes " + str([p.returncode for p, _ in procs])
+    if failed:
+        tails = []
+        for rank in range(WORLD):
+            with open(os.path.join(out, f"rank{rank}.log")) as f:
+                tails.append(f"--- rank {rank} ---\n" + f.read()[-3000:])
+        pytest.fail(f"tensor-parallel job: {failed}\n" + "\n".join(tails), pytrace=False)
+
+
+def _reference(path: str, compiled: bool) -> dict:
+    """The single-process model: eager logits and tokens, and compiled (backend="awq") logits, tokens, graphs."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from awq_compile.loading import setup_compile
+
+    ids = _ids()
+    model, _ = load_pretrained(path, dtype=torch.float32, compile=False, tokenizer=False)
+    ref = {}
+    with torch.no_grad():
+        ref["eager"] = model(ids).logits
+        if not compiled:
+            return ref
+        ref["eager_tokens"] = model.generate(ids[:1], max_new_tokens=STEPS, do_sample=False)
+        torch._dynamo.reset()
+        counters.clear()
+        setup_compile(model)
+        ref["compiled"] = model(ids).logits
+        ref["tokens"] = model.generate(ids[:1], max_new_tokens=STEPS, do_sample=False)
+        ref["unique_graphs"] = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    return ref
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp")
+    cases, paths = [], {}
+    for cid, kind, fmt, G, sym, compiled in GOOD:
+        d = str(root / cid)
+        m = float_model(tiny_config(kind))
+        if fmt == "ct":
+            write_ct(d, m, G, symmetric=sym)
+        else:
+            write_checkpoint(d, m, fmt, G, symmetric=sym, shards=2 if fmt == "gptq_v2" else 1)
+        paths[cid] = d
+        cases.append({"id": cid, "path": d, "ids": _ids().tolist(), "compile": compiled, "steps": STEPS})
+    for cid, sizes, G, _ in BAD:
+        d = str(root / cid)
+        write_checkpoint(d, float_model(_config("llama", **sizes)), "awq", G)
+        cases.append({"id": cid, "path": d, "ids": [], "compile": False, "steps": 0})
+    out = str(root / "out")
+    os.makedirs(out)
+    spec = str(root / "spec.json")
+    with open(spec, "w") as f:
+        json.dump({"world": WORLD, "out": out, "cases": cases}, f)
+    t0 = time.monotonic()
+    procs = _start(spec, out)
+    try:
+        refs = {cid: _reference(paths[cid], compiled) for cid, _, _, _, _, compiled in GOOD}
+    except BaseException:
+        for p, log in procs:
+            p.kill()
+            p.wait()
+            log.close()
+        raise
+    _finish(procs, out, t0 + TIMEOUT)
+    ranks = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    return {"refs": refs, "ranks": ranks, "paths": paths}
+
+
+def _max_err(a, b) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+@pytest.mark.parametrize("cid", [c[0] for c in GOOD])
+def test_logits_equal_single_process(job, cid):
+    """Every rank's eager TP logits equal the single-process model's within 1e-3 (fp32 activations)."""
+    ref = job["refs"][cid]["eager"]
+    for r in job["ranks"]:
+        assert "error" not in r[cid], r[cid].get("error")
+        assert _max_err(r[cid]["eager"], ref) < 1e-3
+    assert _max_err(job["ranks"][0][cid]["eager"], job["ranks"][1][cid]["eager"]) == 0.0
+
+
+@pytest.mark.parametrize("cid", [c[0] for c in GOOD if c[5]])
+def test_compiled_tp_matches_eager_and_compiled_single_process(job, cid):
+    ref = job["refs"][cid]
+    for r in job["ranks"]:
+        out = r[cid]["compiled"]
+        assert _max_err(out, ref["eager"]) < 1e-3
+        assert _max_err(out, ref["compiled"]) < 1e-3
+
+
+@pytest.mark.parametrize("cid", [c[0] for c in GOOD if c[5]])
+def test_greedy_tokens_equal(job, cid):
+    ref = job["refs"][cid]
+    assert torch.equal(ref["tokens"], ref["eager_tokens"])
+    for r in job["ranks"]:
+        assert r[cid]["tokens"].shape[1] == 8 + STEPS
+        assert torch.equal(r[cid]["tokens"], ref["tokens"])
+
+
+@pytest.mark.parametrize("cid", [c[0] for c in GOOD if c[5]])
+def test_one_compile_per_rank_with_collectives_left_to_inductor(job, cid):
+    """One graph per rank for a forward (no graph break at the all-reduce); our pass rewrote every AWQ linear
+    of the local model with the 4 all-reduces (o, down x 2 layers) and their waits still in the graph; the
+    same number of graphs as one process for the whole generate()."""
+    for r in job["ranks"]:
+        x = r[cid]
+        assert x["unique_graphs_first_call"] == 1 and x["graph_breaks"] == 0
+        assert len(x["graphs_first_call"]) == 1
+        g = x["graphs_first_call"][0]
+        assert g["layers"] == 14, g           # 2 layers x (q, k, v, o, gate, up, down)
+        assert g["all_reduce"] == 4 and g["wait_tensor"] == 4, g
+        assert x["unique_graphs"] == job["refs"][cid]["unique_graphs"]
+        assert all(gr["layers"] == 14 and gr["all_reduce"] == 4 for gr in x["graphs"])
+
+
+@pytest.mark.parametrize("cid", [c[0] for c in GOOD])
+def test_each_rank_reads_only_its_shards(job, cid):
+    """Sharded tensors are read as 1/W slices: every column-/row-parallel tensor read has numel/W elements
+    (except a row-parallel bias, a column-parallel g_idx and one-group scales, which span no split dim)."""
+    from safetensors import safe_open
+
+    path = job["paths"][cid]
+    full = {}
+    for f in os.listdir(path):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(path, f), "pt") as h:
+                for k in h.keys():
+                    full[k] = h.get_slice(k).get_shape()
+    for rank, r in enumerate(job["ranks"]):
+        x = r[cid]
+        assert x["rank"] == rank
+        col, row = set(x["tp"]["column_parallel"]), set(x["tp"]["row_parallel"])
+        assert x["tp"]["replicated"] == ["lm_head"]
+        assert len(col) == 10 and len(row) == 4
+        seen = {}
+        for name, numel in x["reads"]:
+            assert name not in seen, f"{name} read twice"
+            seen[name] = numel
+        assert set(seen) == set(full)
+        for name, numel in seen.items():
+            layer, _, suffix = name.rpartition(".")
+            total = int(torch.Size(full[name]).numel())
+            whole = suffix == "weight_shape" or (layer in col and suffix == "g_idx") or \
+                (layer in row and suffix == "bias") or \
+                (layer in row and suffix in ("weight_scale", "weight_zero_point") and full[name][1] == 1)
+            if layer in col or layer in row:
+                assert numel == (total if whole else total // WORLD), (name, numel, total)
+            else:
+                assert numel == total, name
+        # the local model: this rank's heads and MLP width, head_dim kept
+        sh = x["shapes"]
+        assert sh["model.layers.0.self_attn.q_proj"] == (64, 32) and sh["model.layers.0.self_attn.k_proj"] == (64, 16)
+        assert sh["model.layers.0.self_attn.o_proj.local"] == (32, 64)
+        assert sh["model.layers.0.mlp.gate_proj"] == (64, 96) and sh["model.layers.0.mlp.down_proj.local"] == (96, 64)
+        assert x["types"]["model.layers.0.mlp.down_proj"] == "RowParallelLinear"
+
+
+@pytest.mark.parametrize("cid,match", [(c[0], c[3]) for c in BAD], ids=[c[0] for c in BAD])
+def test_indivisible_sizes_refused_before_loading(job, cid, match):
+    import re
+
+    for r in job["ranks"]:
+        x = r[cid]
+        assert x["error"].startswith("CheckpointError: tensor parallelism over 2 ranks: sizes the world size "
+                                     "does not divide (nothing was loaded)"), x["error"]
+        for m in match:
+            assert re.search(m, x["error"]), (m, x["error"])
+        assert x["reads"] == []           # raised before any tensor was read
