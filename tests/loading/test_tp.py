@@ -273,3 +273,50 @@ def test_indivisible_sizes_refused_before_loading(job, cid, match):
         for m in match:
             assert re.search(m, x["error"]), (m, x["error"])
         assert x["reads"] == []           # raised before any tensor was read
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+def test_generate_cli_under_torchrun(tmp_path):
+    """``torchrun --nproc-per-node 2 -m awq_compile generate PATH --tp 2``: compiled, rank 0 alone prints,
+    the answer is the single-process model's, the process group is destroyed at exit."""
+    import signal
+
+    from test_generate_cli import _tokenizer
+
+    d = str(tmp_path / "ckpt")
+    write_checkpoint(d, float_model(tiny_config("llama")), "awq", 32)
+    _tokenizer(d)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "-m", "awq_compile", "generate", d, "--tp", str(WORLD), "--prompt", "w5 w6 w7", "--max-new-tokens", "3",
+           "--device", "cpu", "--raw"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # torchrun and both ranks
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun generate ran past 240 s\n{out[-2000:]}\n{err[-3000:]}", pytrace=False)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    assert out.count("loaded ") == 1 and "rank 0 of 2 (tensor parallel; 4 row-, 10 column-parallel layers)" in out
+    assert out.count("[awq] first call, compiling") == 1 and out.count(" tokens in ") == 1, out
+    model, tok = load_pretrained(d, dtype=torch.float32, compile=False)
+    ids = tok("w5 w6 w7", return_tensors="pt")
+    with torch.no_grad():
+        new = model.generate(**ids, max_new_tokens=3, do_sample=False, min_new_tokens=1)[0, ids["input_ids"].shape[1]:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("[awq] ") and "tokens in" not in ln
+                and "first call" not in ln)
+    assert line == "[awq] " + tok.decode(new, skip_special_tokens=True).strip()
+    assert "destroy_process_group() was not called" not in err
+
+
+def test_generate_cli_tp_without_torchrun(monkeypatch, capsys):
+    from awq_compile.__main__ import main
+
+    for var in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["generate", "/nonexistent", "--tp", "2", "--device", "cpu"]) == 2
+    assert "error: tp=2: the environment has no WORLD_SIZE; start the processes with torchrun " \
+           "(torchrun --nproc-per-node 2 ...)" in capsys.readouterr().out
