@@ -39,6 +39,7 @@ GOOD = [
     ("qwen2-gptq_v1", "qwen2", "gptq_v1", 32, False, False),   # g_idx checked against the global rows
     ("llama-ct", "llama", "ct", 32, False, False),
     ("qwen2-ct-channel", "qwen2", "ct", None, True, False),    # one group over K: every rank keeps the scales
+    ("phi3-awq", "phi3", "awq", 32, False, False),      # fused qkv_proj / gate_up_proj: split per sub-projection
 ]
 # (id, config changes, group size, what the one error must say)
 BAD = [
@@ -53,6 +54,16 @@ BAD = [
      [r"layer model\.layers\.0\.self_attn\.k_proj: column-parallel: out_features=24 split 2 ways is 12 "
       r"columns per rank, not whole 8-column packed words \(needs a multiple of 16\) \(and 3 more"]),
 ]
+
+
+def _model_config(kind):
+    if kind != "phi3":
+        return tiny_config(kind)
+    from transformers import Phi3Config
+
+    return Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0)
 
 
 def _config(kind, hidden, heads, kv, inter):
@@ -141,7 +152,7 @@ def job(tmp_path_factory):
     cases, paths = [], {}
     for cid, kind, fmt, G, sym, compiled in GOOD:
         d = str(root / cid)
-        m = float_model(tiny_config(kind))
+        m = float_model(_model_config(kind))
         if fmt == "ct":
             write_ct(d, m, G, symmetric=sym)
         else:
@@ -238,11 +249,10 @@ def test_each_rank_reads_only_its_shards(job, cid):
         assert x["rank"] == rank
         col, row = set(x["tp"]["column_parallel"]), set(x["tp"]["row_parallel"])
         assert x["tp"]["replicated"] == ["lm_head"]
-        assert len(col) == 10 and len(row) == 4
+        assert len(col) == (4 if cid.startswith("phi3") else 10) and len(row) == 4
         seen = {}
-        for name, numel in x["reads"]:
-            assert name not in seen, f"{name} read twice"
-            seen[name] = numel
+        for name, numel in x["reads"]:      # a fused projection's tensor: one slice per sub-projection
+            seen[name] = seen.get(name, 0) + numel
         assert set(seen) == set(full)
         for name, numel in seen.items():
             layer, _, suffix = name.rpartition(".")
@@ -256,9 +266,13 @@ def test_each_rank_reads_only_its_shards(job, cid):
                 assert numel == total, name
         # the local model: this rank's heads and MLP width, head_dim kept
         sh = x["shapes"]
-        assert sh["model.layers.0.self_attn.q_proj"] == (64, 32) and sh["model.layers.0.self_attn.k_proj"] == (64, 16)
+        if cid.startswith("phi3"):   # q 2 heads + k 1 + v 1 of head_dim 16; gate 96 + up 96
+            assert sh["model.layers.0.self_attn.qkv_proj"] == (64, 64) and sh["model.layers.0.mlp.gate_up_proj"] == (64, 192)
+        else:
+            assert sh["model.layers.0.self_attn.q_proj"] == (64, 32) and sh["model.layers.0.self_attn.k_proj"] == (64, 16)
+            assert sh["model.layers.0.mlp.gate_proj"] == (64, 96)
         assert sh["model.layers.0.self_attn.o_proj.local"] == (32, 64)
-        assert sh["model.layers.0.mlp.gate_proj"] == (64, 96) and sh["model.layers.0.mlp.down_proj.local"] == (96, 64)
+        assert sh["model.layers.0.mlp.down_proj.local"] == (96, 64)
         assert x["types"]["model.layers.0.mlp.down_proj"] == "RowParallelLinear"
 
 
