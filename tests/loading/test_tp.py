@@ -40,7 +40,9 @@ GOOD = [
     ("llama-ct", "llama", "ct", 32, False, False),
     ("qwen2-ct-channel", "qwen2", "ct", None, True, False),    # one group over K: every rank keeps the scales
     ("phi3-awq", "phi3", "awq", 32, False, False),      # fused qkv_proj / gate_up_proj: split per sub-projection
+    ("llama-awq-float", "llama", "awq", 32, False, False),  # v_proj, down_proj left in float: sharded nn.Linear
 ]
+FLOAT_LAYERS = ("v_proj", "down_proj")
 # (id, config changes, group size, what the one error must say)
 BAD = [
     ("bad-heads", dict(hidden=96, heads=3, kv=3, inter=192), 32,
@@ -71,6 +73,26 @@ def _config(kind, hidden, heads, kv, inter):
     cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = heads, kv, inter
     cfg.head_dim = hidden // heads
     return cfg
+
+
+def _unquantise(d, model, leaves):
+    """Store the ``leaves`` linears of every layer in float (fp16) and name them in modules_to_not_convert."""
+    from safetensors.torch import load_file, save_file
+
+    p = os.path.join(d, "model.safetensors")
+    sd = load_file(p)
+    for name, mod in model.named_modules():
+        if name.rpartition(".")[2] in leaves:
+            for suffix in ("qweight", "qzeros", "scales"):
+                del sd[f"{name}.{suffix}"]
+            sd[f"{name}.weight"] = mod.weight.detach().half().contiguous()
+    save_file(sd, p)
+    cfg_path = os.path.join(d, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"]["modules_to_not_convert"] = list(leaves)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
 
 
 def _free_port() -> int:
@@ -157,6 +179,8 @@ def job(tmp_path_factory):
             write_ct(d, m, G, symmetric=sym)
         else:
             write_checkpoint(d, m, fmt, G, symmetric=sym, shards=2 if fmt == "gptq_v2" else 1)
+        if cid.endswith("-float"):
+            _unquantise(d, m, FLOAT_LAYERS)
         paths[cid] = d
         cases.append({"id": cid, "path": d, "ids": _ids().tolist(), "compile": compiled, "steps": STEPS})
     for cid, sizes, G, _ in BAD:
@@ -274,6 +298,9 @@ def test_each_rank_reads_only_its_shards(job, cid):
         assert sh["model.layers.0.self_attn.o_proj.local"] == (32, 64)
         assert sh["model.layers.0.mlp.down_proj.local"] == (96, 64)
         assert x["types"]["model.layers.0.mlp.down_proj"] == "RowParallelLinear"
+        if cid.endswith("-float"):
+            assert x["types"]["model.layers.0.self_attn.v_proj"] == "Linear"
+            assert x["types"]["model.layers.0.mlp.down_proj.local"] == "Linear"
 
 
 @pytest.mark.parametrize("cid,match", [(c[0], c[3]) for c in BAD], ids=[c[0] for c in BAD])
