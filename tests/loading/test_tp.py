@@ -361,3 +361,60 @@ def test_generate_cli_tp_without_torchrun(monkeypatch, capsys):
     assert main(["generate", "/nonexistent", "--tp", "2", "--device", "cpu"]) == 2
     assert "error: tp=2: the environment has no WORLD_SIZE; start the processes with torchrun " \
            "(torchrun --nproc-per-node 2 ...)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ in-process checks
+
+def _meta_model(cfg):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def test_plan_refuses_what_it_cannot_shard():
+    """Refusals of the plan itself (no process group needed): experts, unknown decoder linears, world 3."""
+    from awq_compile.loading import CheckpointError
+    from awq_compile.loading.sharding import plan
+
+    cfg = tiny_config("llama")
+    cfg.num_local_experts = 4
+    with pytest.raises(CheckpointError, match=r"mixture of experts \(num_local_experts=4\)"):
+        plan(_meta_model(tiny_config("llama")), cfg, {}, 2, 0)
+    model = _meta_model(tiny_config("llama"))
+    model.model.layers[1].self_attn.gate = torch.nn.Linear(64, 4, device="meta")
+    with pytest.raises(CheckpointError, match=r"layer model\.layers\.1\.self_attn\.gate \(Linear\) inside a decoder "
+                                              r"layer has no sharding rule"):
+        plan(model, tiny_config("llama"), {}, 2, 0)
+    with pytest.raises(CheckpointError) as e:
+        plan(_meta_model(tiny_config("llama")), tiny_config("llama"), {}, 3, 0)
+    lines = str(e.value).splitlines()
+    assert lines[1:3] == [
+        "  layer model.layers.0.self_attn: num_attention_heads=4 is not divisible by the world size 3",
+        "  layer model.layers.0.self_attn: num_key_value_heads=2 is not divisible by the world size 3 "
+        "(KV heads are split, not replicated)"], lines
+    assert "  layer model.layers.0.self_attn.q_proj: column-parallel: out_features=64 is not divisible by the world " \
+           "size 3 (and 1 more layer(s) alike)" in lines
+    cfg = tiny_config("llama")
+    cfg.intermediate_size = 190
+    with pytest.raises(CheckpointError, match=r"layer model\.layers\.0\.mlp: intermediate_size=190 is not divisible "
+                                              r"by the world size 4"):
+        plan(_meta_model(cfg), cfg, {}, 4, 0)
+
+
+def test_mesh_arguments_refused(monkeypatch):
+    from awq_compile.loading import CheckpointError
+    from awq_compile.loading.parallel import tensor_parallel_mesh
+
+    cpu = torch.device("cpu")
+    for bad in (0, "2", True, 2.0):
+        with pytest.raises(CheckpointError, match=r"expected a world size \(int >= 1\) or a 1-D DeviceMesh"):
+            tensor_parallel_mesh(bad, cpu)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(CheckpointError, match=r"tp=2 but WORLD_SIZE=3: start 2 processes"):
+        tensor_parallel_mesh(2, cpu)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(CheckpointError, match=r"MASTER_ADDR / MASTER_PORT are not set"):
+        tensor_parallel_mesh(2, cpu)
