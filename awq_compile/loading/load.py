@@ -128,7 +128,7 @@ def _materialize_remaining(model: nn.Module, device) -> None:
 
 def _check_local_heads(model: nn.Module, config) -> None:
     """The local model's attention modules must have this rank's head counts and the global head_dim."""
-    cfg = sharding._text_config(config)
+    cfg = sharding.text_config(config)
     for name, mod in model.named_modules():
         hd = getattr(mod, "head_dim", None)
         q = getattr(mod, "q_proj", None)

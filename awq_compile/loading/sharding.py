@@ -27,7 +27,7 @@ import re
 
 from .quant_config import CheckpointError, LinearScheme
 
-__all__ = ["LinearShard", "TensorParallelPlan", "ShardReader", "plan", "local_config"]
+__all__ = ["LinearShard", "TensorParallelPlan", "ShardReader", "plan", "local_config", "text_config"]
 
 COLWISE, ROWWISE = "colwise", "rowwise"
 
@@ -101,7 +101,7 @@ class TensorParallelPlan:
     replicated: tuple       # the linears every rank holds whole (lm_head, ...)
 
 
-def _text_config(config):
+def text_config(config):
     get = getattr(config, "get_text_config", None)
     return get() if get is not None else config
 
@@ -147,7 +147,7 @@ def plan(model, config, schemes: dict[str, LinearScheme | None], world: int, ran
     """
     from torch import nn
 
-    cfg = _text_config(config)
+    cfg = text_config(config)
     where = f"tensor parallelism over {world} ranks"
     for field in _MOE_FIELDS:
         if getattr(cfg, field, None):
@@ -219,7 +219,7 @@ def plan(model, config, schemes: dict[str, LinearScheme | None], world: int, ran
 def local_config(config, world: int):
     """A copy of ``config`` with this rank's head counts and MLP width; ``head_dim`` explicit (it stays global)."""
     local = copy.deepcopy(config)
-    cfg, src = _text_config(local), _text_config(config)
+    cfg, src = text_config(local), text_config(config)
     hd = _head_dim(src)
     H = src.num_attention_heads
     KV = getattr(src, "num_key_value_heads", None) or H
