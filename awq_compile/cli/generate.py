@@ -1,8 +1,13 @@
-"""``python -m awq_compile generate PATH --prompt "..."``: load a 4-bit checkpoint and generate, compiled with ``awq``."""
+"""``python -m awq_compile generate PATH --prompt "..."``: load a 4-bit checkpoint and generate, compiled with ``awq``.
+
+Tensor parallel: ``torchrun --nproc-per-node N -m awq_compile generate PATH --tp N --prompt "..."``; every
+rank loads its shards and runs the same greedy generation in lockstep, rank 0 prints (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -51,9 +56,24 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", action="store_true", help="also run eagerly and report both tokens/s")
     ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
     ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens (for timing)")
+    ap.add_argument("--tp", type=int, default=None, help="tensor parallel over N ranks: start with torchrun "
+                                                         "--nproc-per-node N (each rank holds its shards)")
     args = ap.parse_args(argv)
+    if args.tp is None or args.tp == 1:
+        return _run(args, print)
+    import torch.distributed as dist
 
-    from awq_compile.loading import load_pretrained, setup_compile
+    # every rank runs the same steps; only rank 0 speaks
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
+    try:
+        return _run(args, say)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args, say) -> int:
+    from awq_compile.loading import CheckpointError, load_pretrained, setup_compile
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     options = {k: v for k, v in (("target", args.target), ("mode", args.mode)) if v} or None
@@ -61,25 +81,33 @@ def main(argv=None) -> int:
     dtype = _DTYPES.get(args.dtype)
     if dtype is None and not device.startswith("cuda"):
         dtype = torch.float32  # CPU: float16 matmuls are slow there (0.02 tokens/s for SmolLM2-135M, measured)
-    model, tok = load_pretrained(args.path, device=device, dtype=dtype, compile=False,
-                                 progress=True)
+    try:
+        model, tok = load_pretrained(args.path, device=device, dtype=dtype, compile=False,
+                                     progress=say is print, tp=args.tp)
+    except CheckpointError as e:
+        print(f"error: {e}")
+        return 2
     info = model.awq_load_info
-    print(f"loaded {args.path}: {info['quantized_layers']} quantised layers ({', '.join(info['formats'])}), "
-          f"{info['bytes'] / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s, on {device}", flush=True)
+    where = f"on {device}"
+    if "tp" in info:
+        where = (f"rank 0 of {info['tp']['world']} (tensor parallel; {len(info['tp']['row_parallel'])} row-, "
+                 f"{len(info['tp']['column_parallel'])} column-parallel layers), on {device}")
+    say(f"loaded {args.path}: {info['quantized_layers']} quantised layers ({', '.join(info['formats'])}), "
+        f"{info['bytes'] / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s, {where}", flush=True)
     if tok is None:
-        print("error: the checkpoint has no tokenizer")
+        say("error: the checkpoint has no tokenizer")
         return 2
     inputs = encode(tok, args.prompt, device, chat=not args.raw)
     mn = args.max_new_tokens if args.ignore_eos else 1
     if args.eager or args.compare:
         ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
-        print(f"\n[eager] {tok.decode(ids, skip_special_tokens=True).strip()}")
-        print(f"[eager] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s", flush=True)
+        say(f"\n[eager] {tok.decode(ids, skip_special_tokens=True).strip()}")
+        say(f"[eager] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s", flush=True)
     if not args.eager:
         setup_compile(model, options)
         ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
-        print(f"\n[awq] first call, compiling: {dt:.1f} s", flush=True)
+        say(f"\n[awq] first call, compiling: {dt:.1f} s", flush=True)
         ids, n, dt = timed_generate(model, inputs, args.max_new_tokens, mn)
-        print(f"[awq] {tok.decode(ids, skip_special_tokens=True).strip()}")
-        print(f"[awq] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s")
+        say(f"[awq] {tok.decode(ids, skip_special_tokens=True).strip()}")
+        say(f"[awq] {n} tokens in {dt:.2f} s: {n / dt:.1f} tokens/s", flush=True)
     return 0

@@ -2,7 +2,9 @@
 
 ``model.safetensors.index.json`` names the shard of every tensor; without it every ``*.safetensors``
 file of the directory is opened.  Files stay memory-mapped by ``safe_open``; :meth:`Checkpoint.get`
-copies exactly one tensor out, so the host never holds more than the tensor being moved to the device.
+copies exactly one tensor out, so the host never holds more than the tensor being moved to the device;
+:meth:`Checkpoint.get_slice` copies out one range along one dimension (a tensor-parallel rank's shard)
+without reading the rest of the tensor.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ class Checkpoint:
         if name not in self._where:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint")
         return self._handles[self._where[name]].get_tensor(name)
+
+    def get_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` along ``dim`` of tensor ``name``, read from the file without the rest."""
+        if name not in self._where:
+            raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint")
+        sl = self._handles[self._where[name]].get_slice(name)
+        shape = sl.get_shape()
+        if not 0 <= dim < len(shape) or not 0 <= start <= stop <= shape[dim]:
+            raise CheckpointError(f"tensor {name}: cannot take [{start}:{stop}] along dim {dim} of shape "
+                                  f"{tuple(shape)}")
+        return sl[(slice(None),) * dim + (slice(start, stop),)].contiguous()
 
     def maybe(self, name: str) -> torch.Tensor | None:
         return self.get(name) if name in self._where else None

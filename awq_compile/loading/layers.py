@@ -4,7 +4,7 @@ AutoAWQ GEMM weights keep their layout (:class:`~awq_compile.models.AwqLinear`).
 compressed-tensors weights become the standard K-packed layout with raw zeros
 (:class:`~awq_compile.models.GptqLinear`): v1 zeros gain their +1 here, compressed-tensors tensors are
 transposed.  Each check names the tensor and the expected dtype/shape; nothing is assigned before
-all tensors of the layer passed.
+all tensors of the layer passed.  Under tensor parallelism the same checks run on a rank's slices.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..models.awq_linear import AwqLinear
 from ..models.gptq_linear import GptqLinear
 from .checkpoint import Checkpoint
 from .quant_config import CheckpointError, LinearScheme
+from .sharding import LinearShard, ShardReader
 
 __all__ = ["new_module", "load_module", "tensor_names"]
 
@@ -57,14 +58,21 @@ def _scales_dtype(stored: torch.dtype, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else stored
 
 
-def load_module(module: nn.Module, name: str, scheme: LinearScheme, ckpt: Checkpoint, device, dtype):
+def load_module(module: nn.Module, name: str, scheme: LinearScheme, ckpt: Checkpoint, device, dtype,
+                shard: LinearShard | None = None):
     """Fill ``module`` (from :func:`new_module`) with layer ``name``'s tensors: ``(bytes read, module)``.
 
     The module returned is a new one when a GPTQ layer's zeros are all 8 (symmetric: no zero tensor)
-    or, for a symmetric config, are not.
+    or, for a symmetric config, are not.  With a tensor-parallel ``shard`` the module has this rank's
+    local sizes and every tensor is read as this rank's slice (:class:`~.sharding.ShardReader`).
     """
     K, N, G = module.in_features, module.out_features, module.group_size
     where = f"layer {name}"
+    # the layer's global sizes, and where this rank's rows start (g_idx counts groups from the global row 0)
+    k0, (N_all, K_all), G_all = 0, (N, K), G
+    if shard is not None:
+        ckpt = ShardReader(ckpt, shard, scheme.layout)
+        k0, N_all, K_all, G_all = shard.k_range()[0], shard.out_features, shard.in_features, shard.group_size
     if scheme.layout == "awq":
         qweight, qzeros, scales = (ckpt.get(f"{name}.{s}") for s in ("qweight", "qzeros", "scales"))
         fmt = get_format("awq")
@@ -86,7 +94,7 @@ def load_module(module: nn.Module, name: str, scheme: LinearScheme, ckpt: Checkp
                                   f"size {G} gives K/G = {K // G}")
         g_idx = ckpt.maybe(f"{name}.g_idx")
         if g_idx is not None:
-            trivial = torch.arange(K, dtype=torch.int64) // G
+            trivial = (torch.arange(K, dtype=torch.int64) + k0) // G_all
             if tuple(g_idx.shape) != (K,) or not torch.equal(g_idx.to(torch.int64), trivial):
                 raise CheckpointError(f"{where}: {name}.g_idx is an act-order permutation (desc_act); expected "
                                       f"arange(K) // group_size. Act-order GPTQ is not supported: quantise "
@@ -105,9 +113,11 @@ def load_module(module: nn.Module, name: str, scheme: LinearScheme, ckpt: Checkp
     elif scheme.layout == "pack-quantized":
         packed, scale = ckpt.get(f"{name}.weight_packed"), ckpt.get(f"{name}.weight_scale")
         zp, shape = ckpt.maybe(f"{name}.weight_zero_point"), ckpt.maybe(f"{name}.weight_shape")
-        if shape is not None and [int(v) for v in shape.tolist()] != [N, K]:
+        if shape is not None and [int(v) for v in shape.tolist()] != [N_all, K_all]:
             raise CheckpointError(f"{where}: {name}.weight_shape is {shape.tolist()}, the model's layer is "
-                                  f"[{N}, {K}]")
+                                  f"[{N_all}, {K_all}]")
+        if shard is not None and shape is not None:
+            shape = torch.tensor([N, K], dtype=shape.dtype)   # this rank's slice is [N_local, K_local]
         why = check_pack_quantized(packed, scale, zp, shape, symmetric=scheme.symmetric,
                                    group_size=None if scheme.group_size == -1 else G)
         if why:

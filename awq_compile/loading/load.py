@@ -6,6 +6,11 @@ its config on the meta device; replace exactly the quantised ``nn.Linear`` s by
 the safetensors shards tensor by tensor to the device (each tensor is read, converted and moved on its
 own, so peak memory is about one checkpoint); tie weights; re-create the buffers a checkpoint never
 holds (rotary ``inv_freq``); load the tokenizer and generation config; set up compilation.
+
+With ``tp`` (docs/distributed.md) the sharding plan is checked on the model built from the global config
+first (every indivisible size raises before a tensor is read); the model is then built from a config
+copy with this rank's head counts and MLP width, every sharded tensor is read as this rank's slice, and
+the row-parallel layers are wrapped in :class:`~awq_compile.loading.parallel.RowParallelLinear`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import torch
 from torch import nn
 
+from . import sharding
 from .checkpoint import Checkpoint
 from .layers import QUANT_MARKERS, load_module, new_module, tensor_names
 from .quant_config import CheckpointError, QuantConfig, read_quant_config
@@ -120,6 +126,33 @@ def _materialize_remaining(model: nn.Module, device) -> None:
             raise CheckpointError(f"{name}: buffers {meta_bufs} are not in the checkpoint and cannot be initialised")
 
 
+def _check_local_heads(model: nn.Module, config) -> None:
+    """The local model's attention modules must have this rank's head counts and the global head_dim."""
+    cfg = sharding.text_config(config)
+    for name, mod in model.named_modules():
+        hd = getattr(mod, "head_dim", None)
+        q = getattr(mod, "q_proj", None)
+        if hd is None or q is None:
+            continue
+        if hd != cfg.head_dim or q.out_features != cfg.num_attention_heads * hd:
+            raise CheckpointError(f"layer {name}: built with head_dim={hd} and q_proj out_features="
+                                  f"{q.out_features}; tensor parallelism expected head_dim={cfg.head_dim} and "
+                                  f"{cfg.num_attention_heads} local heads ({type(mod).__name__} does not read "
+                                  f"config.head_dim)")
+
+
+def _wrap_row_parallel(model: nn.Module, tp_plan, mesh) -> None:
+    from .parallel import RowParallelLinear
+
+    group_name = mesh.get_group().group_name
+    for name, shard in tp_plan.layers.items():
+        if shard.style != sharding.ROWWISE:
+            continue
+        prefix, _, attr = name.rpartition(".")
+        parent = model.get_submodule(prefix) if prefix else model
+        setattr(parent, attr, RowParallelLinear(getattr(parent, attr), group_name, tp_plan.world))
+
+
 def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None, compile: bool = True,
                     options: dict | None = None, tp=None, tokenizer: bool = True, progress: bool = False):
     """Load a 4-bit checkpoint (AutoAWQ GEMM, GPTQ v1/v2, compressed-tensors pack-quantized) for ``generate()``.
@@ -134,16 +167,24 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
       ``options`` says otherwise), or ``model.forward = torch.compile(model.forward, backend="awq")`` on other
       devices. False returns the eager model (same modules, same numbers up to rounding).
     - ``options``: the backend's options (``awq_compile/options.py``), e.g. ``{"target": "hip:gfx942"}``.
-    - ``tp``: tensor parallelism; not supported yet (raises if set to more than one rank).
+    - ``tp``: tensor parallelism (docs/distributed.md): a 1-D ``torch.distributed.device_mesh.DeviceMesh``, or
+      a world size (int), in which case the default process group is initialised from torchrun's
+      environment (NCCL on CUDA/ROCm, gloo on CPU; ``device="cuda"`` becomes ``cuda:LOCAL_RANK``) and
+      the caller destroys it at exit.  Every rank loads only its shards; ``None`` or ``1``: one process.
     - ``progress``: a progress bar over the checkpoint's tensors.
     """
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    if tp not in (None, 1):
-        raise NotImplementedError("load_pretrained: tensor parallelism (tp=...) is not implemented yet")
     t0 = time.perf_counter()
     device = torch.device(device)
+    mesh = None
+    if tp is not None and not (isinstance(tp, int) and not isinstance(tp, bool) and tp == 1):
+        from .parallel import tensor_parallel_mesh
+
+        mesh, _ = tensor_parallel_mesh(tp, device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a checkpoint folder with config.json)")
     with open(os.path.join(path, "config.json")) as f:
@@ -159,6 +200,16 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     chosen = _replace_linears(model, qc, ckpt)
+    tp_plan = None
+    if mesh is not None:
+        # checked on the global shapes; raises before any tensor is read
+        tp_plan = sharding.plan(model, config, chosen, mesh.size(), mesh.get_local_rank())
+        config = sharding.local_config(config, mesh.size())
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        chosen = _replace_linears(model, qc, ckpt)
+        _check_local_heads(model, config)
+    shards = tp_plan.layers if tp_plan is not None else {}
 
     quant_modules = {n: model.get_submodule(n) for n in chosen}
     quant_prefixes = tuple(n + "." for n in chosen)
@@ -173,7 +224,7 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
     nbytes = 0
     try:
         for name, scheme in chosen.items():
-            n, mod = load_module(quant_modules[name], name, scheme, ckpt, device, dtype)
+            n, mod = load_module(quant_modules[name], name, scheme, ckpt, device, dtype, shards.get(name))
             if mod is not quant_modules[name]:
                 # a GPTQ layer whose zeros turned out symmetric (all 8): a module without qzeros
                 prefix, _, attr = name.rpartition(".")
@@ -192,7 +243,8 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
                     continue
                 raise CheckpointError(f"tensor {key} is missing from the checkpoint (expected "
                                       f"{tuple(meta.shape)} {meta.dtype})")
-            t = ckpt.get(key)
+            layer = key.rpartition(".")[0]
+            t = ckpt.get(key) if layer not in shards else sharding.ShardReader(ckpt, shards[layer], "float").get(key)
             if tuple(t.shape) != tuple(meta.shape):
                 raise CheckpointError(f"tensor {key}: expected shape {tuple(meta.shape)}, found {tuple(t.shape)}")
             if meta.is_floating_point():
@@ -219,6 +271,8 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
         log.warning("load_pretrained: %d checkpoint tensor(s) not used by the model, e.g. %s", len(unused), unused[:3])
     if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    if tp_plan is not None:
+        _wrap_row_parallel(model, tp_plan, mesh)
     _materialize_remaining(model, device)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
@@ -237,6 +291,12 @@ def load_pretrained(path: str, *, device="cpu", dtype: torch.dtype | None = None
                                    formats=sorted({s.layout for s in chosen.values()}),
                                    float_linears=[n for n, m in model.named_modules() if isinstance(m, nn.Linear)],
                                    bytes=nbytes, seconds=time.perf_counter() - t0, tied=sorted(tied))
+    if tp_plan is not None:
+        model.awq_load_info["tp"] = dict(
+            world=tp_plan.world, rank=tp_plan.rank, mesh=mesh,
+            column_parallel=sorted(n for n, s in tp_plan.layers.items() if s.style == sharding.COLWISE),
+            row_parallel=sorted(n for n, s in tp_plan.layers.items() if s.style == sharding.ROWWISE),
+            replicated=list(tp_plan.replicated))
     if compile:
         setup_compile(model, options)
     return model, tok
