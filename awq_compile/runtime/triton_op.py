@@ -23,7 +23,11 @@ that AOTInductor compiles the kernel into the package and the package never call
   dequantise the standard layout, then matmul -- still no Python at run time.
 
 Eagerly (real tensors) the same body runs: Triton launches directly, or under ``TRITON_INTERPRET=1``
-on CPU tensors.  Registration happens when this module is first imported (the export does).
+on CPU tensors.  Shape propagation (export, fake tensors) uses a fake implementation of its own; Inductor
+(``aoti_compile_and_package``, ``torch.compile``) decomposes the op into the body, so the kernels appear
+as ``triton_kernel_wrapper_functional`` nodes it compiles -- on a GPU build: under Triton's interpreter
+``wrap_triton`` hands back the interpreted kernel, which cannot be traced.  Registration happens when
+this module is first imported (the export does).
 """
 
 from __future__ import annotations
@@ -123,3 +127,12 @@ def w4a16_linear_triton(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional
         out = launch(launch_plan, x2d.contiguous(), qweight, qzeros, scales, bias, out,
                      workspace=_zeroed(x.device), wrap=_wrap)
     return out.reshape(*x.shape[:-1], N)
+
+
+@w4a16_linear_triton.register_fake
+def _(x, qweight, qzeros, scales, bias, layer, group_size, plan):
+    # shapes only: the body's launch is for real tensors and for Inductor's functional tracing (under Triton's
+    # interpreter wrap_triton returns the interpreted kernel itself, which cannot run on fake tensors)
+    K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, "gptq_v2" if qzeros is not None else "gptq_sym",
+                        group_size)
+    return x.new_empty((*x.shape[:-1], N))
