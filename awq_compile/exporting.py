@@ -120,83 +120,110 @@ def _input_specs(ep) -> dict:
     return {getattr(spec.arg, "name", None): spec for spec in ep.graph_signature.input_specs}
 
 
-def _triton_path_refusal(ep, analysis, index, specs, shared_users) -> str | None:
-    """None if layer ``index`` can take the triton_op path, else why not."""
-    m = analysis.layers[index].match
+def _refusal(ep, m) -> str | None:
+    """None if layer ``m`` can be compiled into the package (its weights are constants of the program's
+    top-level graph, which the export can repack), else why not."""
+    specs = _input_specs(ep)
     for role, node in (("qweight", m.qweight), ("qzeros", m.qzeros), ("scales", m.scales)):
         if node is None:
             continue
         if node.op != "placeholder" or node.name not in specs or node.graph is not ep.graph_module.graph:
-            return f"its {role} is not a parameter, buffer or constant of the program"
-        if role != "scales" and not shared_users(node):
-            return (f"its {role} is also read outside the dequantisation; repacking it in place would change "
-                    "that reader")
-    if analysis.target.triton_support() is not None:
-        return analysis.target.triton_support()
+            return f"its {role} is not a parameter, buffer or constant of the program's top-level graph"
     return None
 
 
-def _replace_constant(ep, node, value: torch.Tensor, suffix: str) -> str:
-    """Point placeholder ``node`` at ``value`` under a new name (``<target>_<suffix>``), dropping the
-    source tensor from the program: no second copy, and no old name that now means another layout."""
-    from torch.export.graph_signature import InputKind, InputSpec
+def _add_constant(ep, target: str, value: torch.Tensor) -> torch.fx.Node:
+    """A new lifted constant of the program (placeholder before the user inputs, ``ep.constants[target]``)."""
+    import re
+
+    from torch._guards import detect_fake_mode
+    from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+
+    graph = ep.graph_module.graph
+    specs = ep.graph_signature.input_specs
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    at = next((i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT), len(specs))
+    name = "c_" + re.sub(r"\W", "_", target)
+    if at < len(placeholders):
+        with graph.inserting_before(placeholders[at]):
+            node = graph.placeholder(name)
+    else:
+        with graph.inserting_after(placeholders[-1]):
+            node = graph.placeholder(name)
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in placeholders])
+    node.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)
+    specs.insert(at, InputSpec(kind=InputKind.CONSTANT_TENSOR, arg=TensorArgument(name=node.name), target=target,
+                               persistent=None))
+    ep.constants[target] = value
+    return node
+
+
+def _drop_unused(ep, nodes) -> list:
+    """Remove the placeholders among ``nodes`` that nothing reads any more (the source weights the repacked
+    constants replace, the dequant's lifted constants) with their tensors: no second copy in the package.
+    A source tensor something else still reads stays.  Returns the removed targets."""
+    from torch.export.graph_signature import InputKind
 
     specs = ep.graph_signature.input_specs
-    i = next(i for i, s in enumerate(specs) if getattr(s.arg, "name", None) == node.name)
-    spec = specs[i]
-    new_target = f"{spec.target}_{suffix}"
-    others = [s for j, s in enumerate(specs) if j != i and s.target == spec.target]
-    if spec.kind == InputKind.CONSTANT_TENSOR or spec.target not in ep.state_dict:
-        if not others:
+    removed = []
+    for node in nodes:
+        if node.op != "placeholder" or node.users:
+            continue
+        i = next((i for i, s in enumerate(specs) if getattr(s.arg, "name", None) == node.name), None)
+        if i is None or specs[i].kind == InputKind.USER_INPUT:
+            continue
+        spec = specs.pop(i)
+        node.graph.erase_node(node)
+        if not any(s.target == spec.target for s in specs):
+            ep.state_dict.pop(spec.target, None)
             ep.constants.pop(spec.target, None)
-        ep.constants[new_target] = value
-    else:
-        if not others:
-            del ep.state_dict[spec.target]
-        ep.state_dict[new_target] = (torch.nn.Parameter(value, requires_grad=False)
-                                     if spec.kind == InputKind.PARAMETER else value)
-    specs[i] = InputSpec(kind=spec.kind, arg=spec.arg, target=new_target, persistent=spec.persistent)
-    fake = node.meta["val"]
-    node.meta["val"] = fake.fake_mode.from_tensor(value, static_shapes=True)
-    return new_target
+        removed.append(spec.target)
+    return removed
 
 
-def _prepack(ep, analysis, indices) -> dict:
-    """Convert each triton-path layer's qweight / qzeros to the standard layout in the program's constants
-    (:func:`awq_compile.formats.convert`, once per source tensor); returns {source node: new name}."""
+def _packed_constants(ep, m, value_of, layout: str, cache: dict) -> tuple:
+    """(qweight, qzeros, scales) nodes of layer ``m``'s weights in ``layout`` (``standard``, or
+    ``cpu_int4pack``: packed weight, None, scales-and-zeros), added to the program as constants once per
+    source tensor by :func:`awq_compile.formats.convert` (the one conversion route)."""
     from .formats.convert import convert
     from .formats.packed import Packed
 
-    values, _ = _example_inputs(ep)
-    by_node = dict(zip((n for n in ep.graph_module.graph.nodes if n.op == "placeholder"), values))
-    done: dict = {}
-    for i in indices:
-        m = analysis.layers[i].match
-        if m.qweight in done:
-            continue
-        src = Packed(m.fmt, by_node[m.qweight], None if m.qzeros is None else by_node[m.qzeros],
-                     by_node[m.scales], m.group_size)
-        with torch.no_grad():
-            std = convert(src, "standard")
-        for node, old, new in ((m.qweight, src.qweight, std.qweight), (m.qzeros, src.qzeros, std.qzeros)):
-            if node is None or new is None:
-                continue
-            if new is old:       # a K-packed source that is already the standard layout: shared as it is
-                done[node] = ""
-                continue
-            done[node] = _replace_constant(ep, node, new.contiguous(), "awq_standard")
-        if m.qzeros is not None and std.qzeros is None:
-            raise ValueError(f"layer '{m.name}': {m.fmt} zeros vanished in the standard layout")
-    return done
+    dtype = m.act_dtype if layout == "cpu_int4pack" else None
+    key = (m.qweight, m.qzeros, m.scales, layout, dtype)
+    if key in cache:
+        return cache[key]
+    src = Packed(m.fmt, value_of(m.qweight), None if m.qzeros is None else value_of(m.qzeros), value_of(m.scales),
+                 m.group_size)
+    with torch.no_grad():
+        w = convert(src, layout, dtype=dtype)
+    source_name = _input_specs(ep)[m.qweight.name].target
+    base = source_name.rsplit(".", 1)[0] if "." in source_name else m.name
+    suffix = "awq_standard" if layout == "standard" else "awq_int4pack"
+
+    def node_for(role, new, old, node):
+        if new is None:
+            return None
+        if new is old and node is not None:      # usable as it is (scales; an already-standard qweight)
+            return node
+        return _add_constant(ep, f"{base}.{role}_{suffix}", new.contiguous())
+
+    nodes = (node_for("qweight", w.qweight, src.qweight, m.qweight),
+             node_for("qzeros", w.qzeros, src.qzeros, m.qzeros),
+             node_for("scales" if layout == "standard" else "scales_and_zeros", w.scales, src.scales, m.scales))
+    cache[key] = nodes
+    return nodes
 
 
 def rewrite_exported(ep, options: dict | None = None) -> tuple["torch.export.ExportedProgram", Report]:
     """Apply the rewrite to an ExportedProgram's graph, in place; returns it and the report.
 
-    GPU targets (``cuda:*``, ``hip:*``): the weights are repacked into the program's constants and each
-    layer becomes ``w4a16_linear_triton`` calls (one per M bucket the program's M range meets, behind a
-    ``torch.cond`` on M); a layer that cannot (:func:`_triton_path_refusal`) keeps the opaque op, with its
-    reason in :attr:`ExportResult.paths` and a warning.  CPU: the opaque op for every layer."""
+    Each layer's weights are repacked into new constants of the program (the source tensors are dropped
+    when nothing else reads them) and the layer becomes, by the plan for the target:
+    ``w4a16_linear_triton`` calls -- one per plan entry whose M bucket meets the program's M range, behind
+    a ``torch.cond`` on M (Triton kernels on GPU targets; the dequant + matmul entry, plain torch ops,
+    where the plan says ``torch_dequant``) -- or, on the CPU in bf16, ``aten._weight_int4pack_mm_for_cpu``.
+    A layer that cannot (:func:`_refusal`) keeps the opaque op, with its reason in
+    :attr:`ExportResult.paths` and a warning."""
     ep, report, _ = _rewrite(ep, options)
     return ep, report
 
@@ -204,50 +231,43 @@ def rewrite_exported(ep, options: dict | None = None) -> tuple["torch.export.Exp
 def _rewrite(ep, options):
     from .backend import analyze_graph
     from .explaining import report_of
+    from .kernels.registry import PlanEntry
     from .passes import run_passes
-    from .passes.eliminate_dead_code import _asserts_metadata_of, eliminate_dead_code
+    from .passes.eliminate_dead_code import eliminate_dead_code
     from .passes.rewrite_awq_linears import rewrite_awq_linears
-    from .passes.rewrite_triton_op import rewrite_triton_op
+    from .passes.rewrite_triton_op import LayerCall, rewrite_triton_op
 
     gm = ep.graph_module
     values, weights = _example_inputs(ep)
     analysis = analyze_graph(gm, values, Options.resolve(options), static_names=weights)
     target = analysis.target
+    value_of = dict(zip((n for n in gm.graph.nodes if n.op == "placeholder"), values)).__getitem__
     paths: dict = {}
-    triton: dict = {}
-    if target.backend in ("cuda", "hip"):
-        specs = _input_specs(ep)
-        dequant = {n for lay in analysis.layers for n in lay.match.weight_nodes}
-
-        def shared_users(node):
-            return all(u in dequant or _asserts_metadata_of(u, node) for u in node.users)
-
-        refused = {}
-        for i in range(len(analysis.layers)):
-            why = _triton_path_refusal(ep, analysis, i, specs, shared_users)
-            if why is not None:
-                refused[i] = why
-        # a weight tensor read by a layer that keeps the opaque op (tied weights) stays in its source layout
-        held = {n for i in refused for n in _weight_nodes(analysis.layers[i].match)}
-        for i, lay in enumerate(analysis.layers):
-            if i not in refused and held & set(_weight_nodes(lay.match)):
-                refused[i] = "it shares its weights with a layer that keeps the opaque custom op"
-        for i, lay in enumerate(analysis.layers):
-            if i in refused:
-                paths[lay.match.name] = f"custom_op (calls into Python at run time): {refused[i]}"
-                log.warning("awq_compile.export: layer '%s' keeps the opaque custom op: %s", lay.match.name,
-                            refused[i])
-                continue
-            lo, hi = _m_range(ep, lay.match.x)
-            triton[i] = _branches(lay.plan, lo, hi, target)
-            paths[lay.match.name] = "triton_op: " + _describe(triton[i], lo, hi)
-        _prepack(ep, analysis, sorted(triton))
-    else:
-        for lay in analysis.layers:
-            paths[lay.match.name] = f"custom_op (calls into Python at run time): target {target} runs the CPU path"
-    keep = [i for i in range(len(analysis.layers)) if i not in triton]
-
-    replaced: dict = {}     # matmul erased by the triton_op rewrite -> its replacement (a later layer's input)
+    calls: dict = {}
+    cache: dict = {}
+    for i, lay in enumerate(analysis.layers):
+        m = lay.match
+        why = _refusal(ep, m)
+        if why is not None:
+            paths[m.name] = f"custom_op (calls into Python at run time): {why}"
+            log.warning("awq_compile.export: layer '%s' keeps the opaque custom op: %s", m.name, why)
+            continue
+        lo, hi = _m_range(ep, m.x)
+        kernels = {e.kernel for e in lay.plan.entries}
+        if kernels == {"cpu_int4pack"} and _plain_2d(m.x):
+            calls[i] = LayerCall(_packed_constants(ep, m, value_of, "cpu_int4pack", cache), int4pack=True)
+            paths[m.name] = (f"aten: M {max(lo, 1)}..{'inf' if hi is None else hi}: cpu_int4pack "
+                             "(aten._weight_int4pack_mm_for_cpu)")
+            continue
+        plan, note = lay.plan, ""
+        if "cpu_int4pack" in kernels:   # the dequant path takes any x; torch's int4 matmul a row-major [M, K]
+            plan = dataclasses.replace(plan, entries=(PlanEntry(None, "torch_dequant"),))
+            note = " (cpu_int4pack needs a row-major 2-D input, which this layer's is not)"
+        branches = _branches(plan, lo, hi, target)
+        calls[i] = LayerCall(_packed_constants(ep, m, value_of, "standard", cache), branches)
+        paths[m.name] = "triton_op: " + _describe(branches, lo, hi) + note
+    keep = [i for i in range(len(analysis.layers)) if i not in calls]
+    replaced: dict = {}     # matmul erased by the first rewrite -> its replacement (a later layer's input)
 
     def opaque(gm_, a):
         if not keep:
@@ -261,17 +281,26 @@ def _rewrite(ep, options):
 
     opaque.__name__ = "rewrite_awq_linears"
 
-    def triton_op(gm_, a):
-        return rewrite_triton_op(gm_, a, triton, replaced=replaced) if triton else gm_
+    def compiled(gm_, a):
+        return rewrite_triton_op(gm_, a, calls, replaced=replaced) if calls else gm_
 
-    triton_op.__name__ = "rewrite_triton_op"
+    compiled.__name__ = "rewrite_triton_op"
+    leaves = [n for lay in analysis.layers for w in lay.match.weight_nodes for n in w.all_input_nodes
+              if n.op == "placeholder"]
     # no prepack for the opaque op: the weights this process would repack are not the serving process's
-    run_passes(gm, analysis, passes=(triton_op, opaque, eliminate_dead_code))
+    run_passes(gm, analysis, passes=(compiled, opaque, eliminate_dead_code))
+    _drop_unused(ep, list(dict.fromkeys(leaves)))
+    gm.recompile()
     return ep, report_of(Report(), analysis), paths
 
 
-def _weight_nodes(m) -> list:
-    return [n for n in (m.qweight, m.qzeros) if n is not None]
+def _plain_2d(x) -> bool:
+    """x is a row-major [M, K] tensor with a static K (what torch's CPU int4 matmul reads)."""
+    val = x.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() != 2:
+        return False
+    stride = val.stride()
+    return isinstance(val.shape[1], int) and stride[1] == 1 and stride[0] == val.shape[1]
 
 
 def _describe(branches, lo: int, hi: int | None) -> str:

@@ -5,51 +5,22 @@ Run on the device from a source tree (nothing installed)::
 
     PYTHONPATH=$PWD python -m pytest tests/test_gpu_export.py -q -s
 
-The package is loaded in a subprocess: on torch 2.11 ``aoti_load_package`` of a package calling our opaque
+The package is loaded in a subprocess (tests/_aoti_runner.py): on torch 2.11 ``aoti_load_package`` of a package calling our opaque
 custom op died with SIGSEGV, and a crash must be reported (with its signal), not take pytest down.  With
 ``-s`` the test prints what the path costs: export / rewrite / package seconds, package size, and
 per-call microseconds of the loaded package next to ``torch.compile(backend="awq")`` on the same module.
 """
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from torch import nn
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm GPU")
+from _aoti_runner import run as run_package
 
-# loads the package with torch alone (no awq_compile: the package must not call back into Python), runs every
-# M, times the calls, writes outputs and timings
-_RUNNER = r"""
-import json, sys, time, torch
-args = json.loads(sys.argv[1])
-inputs = torch.load(args["inputs"])
-assert "awq_compile" not in sys.modules
-runner = torch._inductor.aoti_load_package(args["package"])
-outs, micros = {}, {}
-for m, x in inputs.items():
-    x = x.cuda()
-    outs[m] = runner(x).cpu()
-    if int(m) in args["time_m"]:
-        for _ in range(10):
-            runner(x)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(200):
-            runner(x)
-        end.record()
-        torch.cuda.synchronize()
-        micros[m] = start.elapsed_time(end) * 1000 / 200
-torch.save(outs, args["outputs"])
-print(json.dumps({"micros": micros, "awq_compile_imported": "awq_compile" in sys.modules}))
-"""
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm GPU")
 
 TIME_M = (1, 16)
 
@@ -87,24 +58,6 @@ def _reference(net, x):
 def _rel(a, b):
     a, b = a.double().cpu(), b.double().cpu()
     return float((a - b).norm() / b.norm())
-
-
-def _load_and_run(package, xs, tmp_path, label):
-    inputs, outputs = tmp_path / f"{label}_in.pt", tmp_path / f"{label}_out.pt"
-    torch.save({str(m): x.cpu() for m, x in xs.items()}, inputs)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, json.dumps({"package": package, "inputs": str(inputs),
-                                                   "outputs": str(outputs), "time_m": list(TIME_M)})],
-        capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        pytest.fail(f"{label}: loading/running the AOTInductor package killed the process with {name} "
-                    f"(torch {torch.__version__}); stderr tail:\n{proc.stderr[-3000:]}")
-    assert proc.returncode == 0, f"{label}: runner failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not info["awq_compile_imported"]
-    return {int(m): y for m, y in torch.load(outputs).items()}, {int(m): v for m, v in info["micros"].items()}
 
 
 def _compiled_micros(net, m):
@@ -165,7 +118,8 @@ def test_exported_package_runs_our_kernels_without_python(dynamic, tmp_path):
     ms = (1, 3, 16, 100, 300, 2048) if dynamic else (16,)
     xs = {m: torch.randn(m, 4096, dtype=torch.float16, device="cuda") for m in set(ms) | set(TIME_M)
           if dynamic or m == 16}
-    outs, micros = _load_and_run(result.package_path, xs, tmp_path, "dynamic" if dynamic else "static")
+    outs, micros = run_package(result.package_path, xs, tmp_path, "dynamic" if dynamic else "static",
+                               device="cuda", time_m=TIME_M)
     for m, xm in xs.items():
         err = _rel(outs[m], _reference(net, xm))
         assert err < 1e-2, (m, err)

@@ -8,8 +8,10 @@
     y = torch.cond(M <= 4, <gemv call>, <cond(M <= 16, <gemm call>, <dequant_mm call>)>, (x, qweight, ...))[0]
 
 Used by :func:`awq_compile.exporting.rewrite_exported` for ExportedPrograms (ATen IR, no grad-mode
-regions) whose weights it has already repacked into the standard layout, in place of the program's
-constants: the qweight / qzeros nodes now hold that layout, and the op reads them as they are.
+regions) after it has added the repacked weights to the program as constants: each layer's
+:class:`LayerCall` names those nodes.  On the CPU target a layer may instead become torch's int4 matmul
+``aten._weight_int4pack_mm_for_cpu`` on weights repacked for it (plain ATen, which AOTInductor compiles
+to a C call).
 
 Why a ``torch.cond`` and not a branch in the op: the op's body is traced with a symbolic M, and a Python
 ``if M <= 4`` there would put a guard on M, which ``torch.export`` refuses (or specialises the program
@@ -28,7 +30,7 @@ import torch
 from ..runtime.triton_op import w4a16_linear_triton  # noqa: F401  (registers the op)
 from .records import Analysis
 
-__all__ = ["Branch", "rewrite_triton_op"]
+__all__ = ["Branch", "LayerCall", "rewrite_triton_op"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,17 @@ class Branch:
 
     m_max: int | None
     plan: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+    """How one layer is computed: ``w4a16_linear_triton`` over ``branches`` on the standard-layout
+    ``weights`` (qweight, qzeros or None, scales nodes), or -- ``int4pack`` -- torch's CPU int4 matmul
+    (``aten._weight_int4pack_mm_for_cpu``) on ``weights`` = (packed weight, None, scales-and-zeros)."""
+
+    weights: tuple
+    branches: tuple = ()
+    int4pack: bool = False
 
 
 def _val(node):
@@ -114,14 +127,15 @@ def _dispatch(owner: torch.nn.Module, graph: torch.fx.Graph, x, weights, bias, n
     return out
 
 
-def rewrite_triton_op(gm: torch.fx.GraphModule, analysis: Analysis, branches: dict, *,
+def rewrite_triton_op(gm: torch.fx.GraphModule, analysis: Analysis, calls: dict, *,
                       replaced: dict | None = None) -> torch.fx.GraphModule:
-    """``branches``: layer index -> tuple of :class:`Branch` (ascending M); layers not in it stay as they
-    are.  ``replaced`` receives erased matmul -> its replacement (for a later rewrite of the others)."""
+    """``calls``: layer index -> :class:`LayerCall`; layers not in it stay as they are.  ``replaced``
+    receives erased matmul -> its replacement (for a later rewrite of the other layers)."""
     replaced = {} if replaced is None else replaced
     for index, layer in enumerate(analysis.layers):
-        if index not in branches:
+        if index not in calls:
             continue
+        call = calls[index]
         m = layer.match
         x = replaced.get(m.x, m.x)
         bias = replaced.get(m.bias, m.bias)
@@ -130,8 +144,21 @@ def rewrite_triton_op(gm: torch.fx.GraphModule, analysis: Analysis, branches: di
             raise ValueError(f"layer '{m.name}': the matmul is inside a nested region; the export rewrites "
                              "the top-level ATen graph only")
         with graph.inserting_before(m.matmul):
-            new = _dispatch(gm, graph, x, (m.qweight, m.qzeros, m.scales), bias, m.name, m.group_size,
-                            tuple(branches[index]), _val(m.matmul), f"awq_layer{index}")
+            if call.int4pack:
+                packed, _, scale_zero = call.weights
+                new = graph.call_function(torch.ops.aten._weight_int4pack_mm_for_cpu.default,
+                                          (x, packed, m.group_size, scale_zero))
+                new.meta["val"] = _val(m.matmul)
+                if bias is not None:
+                    out_dtype = _val(m.matmul).dtype
+                    if _val(bias).dtype != out_dtype:
+                        bias = graph.call_function(torch.ops.aten._to_copy.default, (bias,), {"dtype": out_dtype})
+                        bias.meta["val"] = _val(bias.args[0]).to(out_dtype)
+                    new = graph.call_function(torch.ops.aten.add.Tensor, (new, bias))
+                    new.meta["val"] = _val(m.matmul)
+            else:
+                new = _dispatch(gm, graph, x, call.weights, bias, m.name, m.group_size, tuple(call.branches),
+                                _val(m.matmul), f"awq_layer{index}")
         new.meta.update({k: v for k, v in m.matmul.meta.items() if k in ("nn_module_stack", "stack_trace",
                                                                           "source_fn_stack")})
         replaced[m.matmul] = new
