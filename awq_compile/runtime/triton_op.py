@@ -114,7 +114,11 @@ def w4a16_linear_triton(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional
     if entry.config is None:
         if entry.kernel != "torch_dequant":
             raise ValueError(f"awq_compile: layer '{layer or '?'}': {entry.kernel} has no traceable form")
-        out = x2d @ dequantize_standard(qweight, qzeros, scales, group_size, x.dtype)
+        if x.device.type == "cpu":   # as the runtime's CPU path: fp32 matmul (fastest and most accurate there)
+            w = dequantize_standard(qweight, qzeros, scales, group_size, torch.float32)
+            out = (x2d.to(torch.float32) @ w).to(x.dtype)
+        else:
+            out = x2d @ dequantize_standard(qweight, qzeros, scales, group_size, x.dtype)
         out = out if bias is None else out + bias
     else:
         problem = Problem(K, N, group_size, qzeros is not None, str(x.dtype).removeprefix("torch."),
