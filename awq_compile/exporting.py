@@ -2,24 +2,42 @@
 
 ::
 
-    path = awq_compile.export(model, (x,), package_path="model.pt2")
-    # later, in the serving process:
-    import awq_compile                      # registers torch.ops.awq_compile.w4a16_linear
-    runner = torch._inductor.aoti_load_package(path)
+    result = awq_compile.export(model, (x,), package_path="model.pt2",
+                                dynamic_shapes={"x": {0: torch.export.Dim("M", min=1, max=4096)}})
+    print(result.paths)                     # per layer: what the package runs for which M
+    # later, in the serving process -- torch alone, no awq_compile needed:
+    runner = torch._inductor.aoti_load_package("model.pt2")
     y = runner(x)
 
 Steps: ``torch.export.export`` (a ``with torch.no_grad():`` dequant is recorded inside
 ``wrap_with_set_grad_enabled``), ``run_decompositions()`` to the ATen inference IR (which inlines those
-regions), then our analysis on the exported graph -- parameters, buffers and lifted constants are the
-weights, named by their qualified names -- and the rewrite + dead-code transformations in place, and
-finally ``torch._inductor.aoti_compile_and_package``.
+regions), our analysis on the exported graph -- parameters, buffers and lifted constants are the
+weights, named by their qualified names -- then, per layer, by the plan for the target (options
+``target``, ``kernel``, ``disabled_kernels``; default: the inputs' device):
 
-The op reaches the package as a custom op: AOTInductor's generated code calls it through the
-dispatcher (its proxy executor), so the serving process must have imported ``awq_compile``; the op then
-runs exactly as under ``torch.compile`` (weights repacked on the first call and cached, the kernel
-chosen per call for the concrete shape, the CPU path or our Triton kernels on a GPU, launched from
-Python).  Compiling our Triton kernels *into* the package (a ``torch.library.triton_op``) is not done:
-the kernel launch code is being restructured (issue 10); see docs/architecture.md, "Export".
+* the weights are repacked once, now (:func:`awq_compile.formats.convert`), into new constants of the
+  program (``<module>.qweight_awq_standard``, ``..._awq_int4pack``); the source qweight / qzeros and the
+  dequant's own constants are dropped when nothing else reads them, so the package holds one copy;
+* GPU targets (``cuda:*``, ``hip:*``): ``torch.ops.awq_compile.w4a16_linear_triton``
+  (:mod:`awq_compile.runtime.triton_op`), a ``torch.library.triton_op`` whose body launches our Triton
+  kernels through ``wrap_triton``: AOTInductor compiles them into the package;
+* CPU: bf16 becomes ``aten._weight_int4pack_mm_for_cpu`` on weights repacked for it, other dtypes the
+  ``torch_dequant`` entry of the same triton_op (torch ops only);
+* the dequant nodes go (dead-code transformation), and ``aoti_compile_and_package`` builds the package.
+
+Dynamic M: the plan is M-bucketed, but a branch on a symbolic M inside the op would put a guard on M,
+which ``torch.export`` refuses.  The rewrite reads the program's M range (the ``Dim``'s bounds; a static
+M is one value) and keeps only the plan entries whose buckets meet it: one entry is a single call; more
+are one call each behind nested ``torch.cond(M <= m_max, ...)``, which AOTInductor compiles into a
+run-time branch -- so a package for ``Dim("M", 1, 4096)`` runs the GEMV at decode sizes and the GEMMs at
+prefill sizes, at the cost of compiling every kernel its range needs (bound the ``Dim`` to what you
+serve).
+
+A layer that cannot be compiled in (its weights are not constants of the top-level graph) keeps the
+opaque ``w4a16_linear`` custom op, which AOTInductor calls back into Python through its proxy executor:
+the serving process must then import awq_compile, ``result.paths`` says ``custom_op ...`` with the
+reason, and a warning is logged.  Loading such a package segfaulted on torch 2.11 (H200, 2026-12-01),
+so packaging a program that holds the opaque op is refused on torch < 2.13; packages without it are not.
 """
 
 from __future__ import annotations
@@ -323,11 +341,13 @@ _TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 def export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, package_path: str | None = None,
            options: dict | None = None, dynamic_shapes=None, package: bool = True,
            inductor_configs: dict | None = None) -> ExportResult:
-    """Export ``model`` with AWQ linears rewritten to our op and package it with AOTInductor.
+    """Export ``model`` with its AWQ linears compiled in (see the module docstring) and package it with
+    AOTInductor.
 
     ``options`` are the backend's (``target``, ``kernel``, ``disabled_kernels``, ``strict``...);
-    ``dynamic_shapes`` goes to ``torch.export.export`` (e.g. ``{"x": {0: torch.export.Dim("M")}}`` so the
-    package serves every M).  With ``package=False`` only the rewritten ExportedProgram is returned.
+    ``dynamic_shapes`` goes to ``torch.export.export`` (e.g. ``{"x": {0: torch.export.Dim("M", min=1,
+    max=4096)}}`` so the package serves that M range).  With ``package=False`` only the rewritten
+    ExportedProgram is returned (it runs eagerly: ``result.program.module()``).
     """
     seconds = {}
     t0 = time.perf_counter()
