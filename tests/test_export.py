@@ -242,3 +242,19 @@ def test_old_torch_refuses_only_packages_with_the_opaque_op(monkeypatch):
     with pytest.raises(RuntimeError, match="2 layer\\(s\\) keep the opaque custom op.*needs torch >= 2.13"):
         awq_compile.export(net, (x,), options={"target": "cuda:sm90"})
     assert len(calls) == 2
+
+
+def test_gpu_target_export_of_a_3d_input_branches_on_the_product_of_its_leading_sizes():
+    torch.manual_seed(9)
+    net = HalfNet()
+    x = torch.randn(2, 3, 256, dtype=torch.float16)
+    shapes = {"x": {0: torch.export.Dim("B", min=1, max=8), 1: torch.export.Dim("T", min=1, max=64)}}
+    result = awq_compile.export(net, (x,), package=False, options={"target": "cuda:sm90"}, dynamic_shapes=shapes)
+    # M = B * T ranges over 1..512: the GEMV bucket up to the 129..512 one
+    assert all(p.startswith("triton_op: M 1..4: triton_gemv") and p.split("; ")[-1].startswith("M 129..512: ")
+               for p in result.paths.values()), result.paths
+    if interpreter_active():
+        mod = result.program.module()
+        for b, t in ((1, 1), (2, 9), (3, 50)):
+            xm = torch.randn(b, t, 256, dtype=torch.float16)
+            assert rel_err(mod(xm), _reference(net, xm)) < 2e-3, (b, t)
