@@ -120,9 +120,7 @@ def test_exported_package_runs_our_kernels_without_python(dynamic, tmp_path):
           if dynamic or m == 16}
     outs, micros = run_package(result.package_path, xs, tmp_path, "dynamic" if dynamic else "static",
                                device="cuda", time_m=TIME_M)
-    for m, xm in xs.items():
-        err = _rel(outs[m], _reference(net, xm))
-        assert err < 1e-2, (m, err)
+    errors = {m: _rel(outs[m], _reference(net, xm)) for m, xm in xs.items()}
     compiled = {m: _compiled_micros(net, m) for m in micros}
     size = os.path.getsize(result.package_path)
     print(f"\nAOTI export ({'dynamic M 1..4096' if dynamic else 'static M=16'}, 3 AWQ layers 4096x4096 g128 fp16, "
@@ -133,3 +131,5 @@ def test_exported_package_runs_our_kernels_without_python(dynamic, tmp_path):
         print(f"  M={m}: loaded package {micros[m]:.1f} us/call, torch.compile(backend='awq') {compiled[m]:.1f} us/call")
     for name, path in result.paths.items():
         print(f"  {name}: {path}")
+    print(f"  relative error vs float64 per M: {errors}")
+    assert all(err < 1e-2 for err in errors.values()), errors
