@@ -53,23 +53,30 @@ def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
     _workspace().get(torch.device(device), rows * N, -(-rows // 16) * -(-N // 16))
 
 
-def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out):
-    """Run ``plan`` on 2-D x [M, K] (contiguous last dim); writes and returns out [M, N]."""
+def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspace=None, wrap=None):
+    """Run ``plan`` on 2-D x [M, K] (contiguous last dim); writes and returns out [M, N].
+
+    ``workspace(numel, tiles) -> (fp32 workspace, int32 tickets)``, zeroed, for a caller that allocates
+    per call (default: the persistent per-device pair, which the kernels leave zeroed).
+    ``wrap(plan) -> (kernel, kwargs)``: what is launched with which keywords (default ``plan.fn`` with
+    ``plan.kwargs``; the export's triton_op launches through ``torch.library.wrap_triton``)."""
     if plan.x_regroup:
         M, K = x2d.shape
         bk = plan.x_regroup
         x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
     ops = Operands(x2d, qweight, qzeros, scales, bias, out)
     if plan.workspace is not None:
-        ops.workspace, ops.tickets = _workspace().get(x2d.device, *plan.workspace)
+        get = workspace if workspace is not None else (lambda n, t: _workspace().get(x2d.device, n, t))
+        ops.workspace, ops.tickets = get(*plan.workspace)
+    fn, kwargs = wrap(plan) if wrap is not None else (plan.fn, plan.kwargs)
     if plan.dense_weight:
         K, N = x2d.shape[1], qweight.shape[1]
         ops.dense = torch.empty((K, N), dtype=x2d.dtype, device=qweight.device)
-        plan.fn[plan.grid](*plan.arguments(ops), **plan.kwargs)
+        fn[plan.grid](*plan.arguments(ops), **kwargs)
         if bias is None:
             return torch.mm(x2d, ops.dense, out=out)
         return torch.addmm(bias, x2d, ops.dense, out=out)
-    plan.fn[plan.grid](*plan.arguments(ops), **plan.kwargs)
+    fn[plan.grid](*plan.arguments(ops), **kwargs)
     return out
 
 
