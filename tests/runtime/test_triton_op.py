@@ -20,6 +20,8 @@ CASES = [
     ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2)),         # split-K
     ("triton_gemm_planes", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1, XPERM=1)),
     ("triton_dequant_mm", dict(BLOCK_N=32, BLOCK_K=16)),
+    ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, TRANS=1)),
+    ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=2)),     # split-K (tile tickets)
 ]
 
 
