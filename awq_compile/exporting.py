@@ -36,8 +36,9 @@ serve).
 A layer that cannot be compiled in (its weights are not constants of the top-level graph) keeps the
 opaque ``w4a16_linear`` custom op, which AOTInductor calls back into Python through its proxy executor:
 the serving process must then import awq_compile, ``result.paths`` says ``custom_op ...`` with the
-reason, and a warning is logged.  Loading such a package segfaulted on torch 2.11 (H200, 2026-12-01),
-so packaging a program that holds the opaque op is refused on torch < 2.13; packages without it are not.
+reason, and a warning is logged.  On torch 2.11 (H200, 2026-12-01) loading and running a package
+segfaulted both when it held the opaque op and for a GPU package with every kernel compiled in, so on
+torch < 2.13 packaging is refused for those two (``_old_torch_refusal``); CPU packages of plain ATen are not.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def rewrite_exported(ep, options: dict | None = None) -> tuple["torch.export.Exp
     where the plan says ``torch_dequant``) -- or, on the CPU in bf16, ``aten._weight_int4pack_mm_for_cpu``.
     A layer that cannot (:func:`_refusal`) keeps the opaque op, with its reason in
     :attr:`ExportResult.paths` and a warning."""
-    ep, report, _ = _rewrite(ep, options)
+    ep, report, _, _ = _rewrite(ep, options)
     return ep, report
 
 
@@ -309,7 +310,7 @@ def _rewrite(ep, options):
     run_passes(gm, analysis, passes=(compiled, opaque, eliminate_dead_code))
     _drop_unused(ep, list(dict.fromkeys(leaves)))
     gm.recompile()
-    return ep, report_of(Report(), analysis), paths
+    return ep, report_of(Report(), analysis), paths, target
 
 
 def _plain_2d(x) -> bool:
@@ -338,6 +339,27 @@ def _describe(branches, lo: int, hi: int | None) -> str:
 _TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 
 
+def _old_torch_refusal(paths: dict, target) -> str | None:
+    """Why packaging is refused on this torch, or None.  Measured on the H200 (torch 2.11.0+cu130,
+    2026-12-01): ``aoti_load_package`` + a call segfaulted for a package holding the opaque op *and* for a
+    GPU package with every kernel compiled in (triton_op path, no proxy-executor call in its C++,
+    tests/test_gpu_export.py).  CPU packages of plain ATen are not refused (not seen crashing; proven on
+    torch 2.13 only)."""
+    if _TORCH >= (2, 13):
+        return None
+    opaque = [name for name, path in paths.items() if path.startswith("custom_op")]
+    if opaque:
+        return (f"{len(opaque)} layer(s) keep the opaque custom op ({', '.join(opaque[:4])}"
+                f"{'...' if len(opaque) > 4 else ''}: {paths[opaque[0]]}); loading an AOTInductor package that "
+                "calls it through the proxy executor crashed the process (segmentation fault, torch 2.11, "
+                "2026-12-01); packaging such a program needs torch >= 2.13")
+    if target is not None and target.is_gpu:
+        return (f"a {target} package: loading and running an AOTInductor GPU package with our Triton kernels "
+                "compiled in crashed the process (segmentation fault, torch 2.11.0 on an H200, 2026-12-01); "
+                "GPU packaging needs torch >= 2.13")
+    return None
+
+
 def export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, package_path: str | None = None,
            options: dict | None = None, dynamic_shapes=None, package: bool = True,
            inductor_configs: dict | None = None) -> ExportResult:
@@ -357,17 +379,13 @@ def export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, p
     seconds["export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
-        ep, report, paths = _rewrite(ep, options)
+        ep, report, paths, target = _rewrite(ep, options)
     seconds["rewrite"] = time.perf_counter() - t0
     log.info("export: %d AWQ layer(s) rewritten, %d matmul(s) left alone", len(report.layers), len(report.skipped))
-    opaque = [name for name, path in paths.items() if path.startswith("custom_op")]
-    if package and opaque and _TORCH < (2, 13):
-        raise RuntimeError(
-            f"awq_compile.export: torch {torch.__version__}: {len(opaque)} layer(s) keep the opaque custom op "
-            f"({', '.join(opaque[:4])}{'...' if len(opaque) > 4 else ''}: {paths[opaque[0]]}); loading an "
-            "AOTInductor package that calls it through the proxy executor crashed the process (segmentation "
-            "fault in aoti_load_package, torch 2.11, 2026-12-01); packaging such a program needs torch >= 2.13. "
-            "Use package=False for the rewritten ExportedProgram, or a GPU target (the triton_op path)")
+    why = _old_torch_refusal(paths, target) if package else None
+    if why:
+        raise RuntimeError(f"awq_compile.export: torch {torch.__version__}: {why}. Use package=False for the "
+                           "rewritten ExportedProgram (it runs eagerly), or package with torch >= 2.13")
     path = None
     if package:
         t0 = time.perf_counter()

@@ -223,9 +223,10 @@ def test_a_layer_that_cannot_be_compiled_in_keeps_the_custom_op_and_says_why(mon
         assert rel_err(result.program.module()(x), _reference(net, x)) < 2e-3
 
 
-def test_old_torch_refuses_only_packages_with_the_opaque_op(monkeypatch):
-    # torch 2.11 segfaulted loading a package that calls the opaque op: such packages are refused there,
-    # packages with everything compiled in are not
+def test_old_torch_refuses_gpu_packages_and_packages_with_the_opaque_op(monkeypatch):
+    # torch 2.11 segfaulted loading a package that calls the opaque op, and (H200, measured after the
+    # triton_op path landed) a GPU package with every kernel compiled in: both are refused there;
+    # CPU packages of plain ATen are not
     import awq_compile.exporting as exporting
 
     calls = []
@@ -235,13 +236,19 @@ def test_old_torch_refuses_only_packages_with_the_opaque_op(monkeypatch):
     torch.manual_seed(6)
     net = HalfNet()
     x = torch.randn(2, 256, dtype=torch.float16)
-    for target in ("cuda:sm90", "cpu"):
-        assert awq_compile.export(net, (x,), options={"target": target}).package_path == "pkg.pt2"
-    assert len(calls) == 2
+    assert awq_compile.export(net, (x,), options={"target": "cpu"}).package_path == "pkg.pt2"
+    assert len(calls) == 1
+    for target in ("cuda:sm90", "hip:gfx942"):
+        with pytest.raises(RuntimeError, match="GPU package.*segmentation fault.*needs torch >= 2.13"):
+            awq_compile.export(net, (x,), options={"target": target})
+        # the rewritten program is still there for whoever wants it
+        assert awq_compile.export(net, (x,), options={"target": target}, package=False).package_path is None
     monkeypatch.setattr(exporting, "_refusal", lambda ep, m: "a test refusal")
     with pytest.raises(RuntimeError, match="2 layer\\(s\\) keep the opaque custom op.*needs torch >= 2.13"):
-        awq_compile.export(net, (x,), options={"target": "cuda:sm90"})
-    assert len(calls) == 2
+        awq_compile.export(net, (x,), options={"target": "cpu"})
+    assert len(calls) == 1
+    monkeypatch.setattr(exporting, "_TORCH", (2, 13))
+    assert awq_compile.export(net, (x,), options={"target": "cuda:sm90"}).package_path == "pkg.pt2"
 
 
 def test_gpu_target_export_of_a_3d_input_branches_on_the_product_of_its_leading_sizes():
