@@ -17,24 +17,10 @@ import re
 from awq_compile.kernels.aot import AotRequest, _attrs, _planned, _signature
 from awq_compile.target import Target
 
+from .wide_sweep import parse
+
 DEFAULT = ("128x256x64:8:3", "128x256x64:8:4", "128x128x128:8:3", "256x128x64:8:3", "128x128x64:4:3",
-           "64x128x128:4:4", "128x256x64:8:3:t", "64x256x64:8:3:t", "128x256x64:8:3:p")
-
-
-def parse(spec: str) -> dict:
-    parts = spec.split(":")
-    bm, bn, bk = (int(v) for v in parts[0].split("x"))
-    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=int(parts[1]), num_stages=int(parts[2]))
-    for flag in parts[3:]:
-        if flag == "t":
-            cfg["TRANS"] = 1
-        elif flag.startswith("sk"):
-            cfg["SPLIT_K"] = int(flag[2:])
-        elif flag == "x":
-            cfg["XPERM"] = 1
-        elif flag.startswith("p"):
-            cfg["PERSIST"] = int(flag[1:])
-    return cfg
+           "64x128x128:4:4", "128x256x64:8:3:t", "64x256x64:8:3:t", "128x256x64:8:3:p1")
 
 
 def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336, kernel="triton_gemm_wide"):

@@ -8,7 +8,8 @@ Every config is first compiled in ``--jobs`` worker processes (Triton's cache th
 process), then per (shape, M): ``ours`` (the op with today's plan), ``cublas`` (fp16 ``x @ W``) and each
 config -- relative error against float64 on a NaN-poisoned output before it is timed.  The best config
 per row is relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
-``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N).
+``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
+x = XPERM for the plane GEMM).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def parse(spec: str) -> dict:
             cfg["SPLIT_K"] = int(flag[2:])
         elif flag.startswith("g"):
             cfg["GROUP_M"] = int(flag[1:])
+        elif flag == "x":
+            cfg["XPERM"] = 1
         else:
             raise ValueError(f"unknown flag {flag!r} in {spec!r}")
     return cfg
