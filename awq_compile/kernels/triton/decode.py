@@ -88,9 +88,19 @@ def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SC
 
 
 @triton.jit
+def _zero_codes(qz_ptr, g, offs_n, mask_n, stride_zg, HAS_ZEROS: tl.constexpr):
+    """Group g's zero point of every column as int16 codes 0..15 (8, the symmetric zero, without zeros)."""
+    if HAS_ZEROS:
+        zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+        return ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
+    else:
+        return tl.full(offs_n.shape, 8, tl.int16)
+
+
+@triton.jit
 def _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS: tl.constexpr):
     s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
+    if HAS_ZEROS:   # as _zero_codes, but straight to fp32 (no int16 step in the fp32-decode kernels)
         zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> ((offs_n % 8) * 4)) & 0xF).to(tl.float32)
     else:
@@ -99,17 +109,20 @@ def _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZERO
 
 
 @triton.jit
-def _tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n, num_n) of this program in grouped order: GROUP_M row tiles share each column strip
-    while it is in L2."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
+def _grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of output tile number ``tile`` in grouped order: GROUP_M row tiles share each column
+    strip while it is in L2."""
     width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
+    first_m = (tile // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (tile % width) % size_m, (tile % width) // size_m
+
+
+@triton.jit
+def _tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, num_n) of this program's tile in grouped order (``_grouped_tile``)."""
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), num_n, GROUP_M)
     return pid_m, pid_n, num_n
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _dequant_tile, _finish, _magic16, _plane_act, _scale_zero, _tile_coords
+from .decode import _dequant_tile, _finish, _magic16, _plane_act, _scale_zero, _tile_coords, _zero_codes
 
 
 @triton.jit
@@ -111,12 +111,7 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
         packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-        if HAS_ZEROS:
-            zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
-            zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
-        else:
-            zq = tl.full(offs_n.shape, 8, tl.int16)
-        zm = _magic16(zq, ACT)                                   # MAGIC + z
+        zm = _magic16(_zero_codes(qz_ptr, g, offs_n, mask_n, stride_zg, HAS_ZEROS), ACT)                                   # MAGIC + z
         if SCALE_AFTER:
             if TRANS:
                 part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)

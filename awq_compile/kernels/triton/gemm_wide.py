@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _magic16
+from .decode import _grouped_tile, _magic16, _zero_codes
 
 
 @triton.jit
@@ -81,11 +81,7 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
         packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-        if HAS_ZEROS:
-            zw = tl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
-            zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(tl.int16)
-        else:
-            zq = tl.full(offs_n.shape, 8, tl.int16)
+        zq = _zero_codes(qz_ptr, g, offs_n, mask_n, stride_zg, HAS_ZEROS)
         w = _decode_tile(packed, s, _magic16(zq, ACT), BLOCK_K, BLOCK_N, ACT, EXACT_F32)
         if TRANS:
             a = tl.load(x_tile + k0, mask=mask_m[None, :], other=0.0)
@@ -121,12 +117,7 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
     # one loop form for both grids: on Triton 3.6 the single-trip loop compiled 256x128x64 tiles ~15-20%
     # faster than straight-line code (sweeps 1 and 2, docs/performance.md)
     for tile in range(tl.program_id(0), tiles, step):
-        # grouped order: GROUP_M row tiles share each column strip while it is in L2
-        width = GROUP_M * num_n
-        first_m = (tile // width) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % width) % size_m
-        pid_n = (tile % width) // size_m
+        pid_m, pid_n = _grouped_tile(tile, num_m, num_n, GROUP_M)
         acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
                                          stride_zg, stride_sg, pid_m, pid_n, tl.program_id(1), GROUP_SIZE,
                                          HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .decode import _magic16, _plane_act
+
 __all__ = ["StripeConfig", "stripe_linear", "stripe_grid", "check_config"]
 
 
@@ -91,24 +93,6 @@ def check_config(cfg: StripeConfig, *, K: int, N: int, group_size: int) -> str |
 
 
 # ----------------------------------------------------------------------------------------------------
-@triton.jit
-def _magic16(q, ACT: tl.constexpr):
-    """int16 0..15 -> ``MAGIC + q`` in the activation dtype (fp16 1024 + q, bf16 128 + q), exact: an OR."""
-    if ACT == tl.bfloat16:
-        return (q | 0x4300).to(tl.bfloat16, bitcast=True)
-    else:
-        return (q | 0x6400).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _plane16(packed, I: tl.constexpr, ACT: tl.constexpr):
-    if I > 0:
-        src = packed >> (4 * I)
-    else:
-        src = packed
-    return _magic16((src & 15).to(tl.int16), ACT)
-
-
 @triton.jit
 def _plane32(packed, I: tl.constexpr):
     """fp32 ``2**(23-P) + q`` for nibble I (masked in place at bit P, OR-ed into the exponent)."""
@@ -340,12 +324,12 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
                     for i in tl.static_range(8):
                         xp = tl.load(x_ptrs + (k0 + i * XI), mask=x_mask, other=0.0)
                         if UPCAST:   # interpreter: its bf16 arithmetic is wrong; the same values in fp32 are exact
-                            w = _plane16(packed, i, ACT).to(tl.float32) - zb
+                            w = _plane_act(packed, i, ACT).to(tl.float32) - zb
                             if SCALE_IN:
                                 w = (w * sb.to(tl.float32)).to(ACT).to(tl.float32)
                             xp = xp.to(tl.float32)
                         else:
-                            w = _plane16(packed, i, ACT) - zb                 # q - z, exact
+                            w = _plane_act(packed, i, ACT) - zb                 # q - z, exact
                             if SCALE_IN:
                                 w = w * sb                                    # rounded once, as the user's dequant
                         if SCALE_IN:
