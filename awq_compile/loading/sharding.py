@@ -110,10 +110,15 @@ def _head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
+def _heads(cfg) -> tuple[int, int]:
+    """(attention heads, KV heads); a config without ``num_key_value_heads`` has one KV head per head."""
+    H = cfg.num_attention_heads
+    return H, getattr(cfg, "num_key_value_heads", None) or H
+
+
 def _parts(suffix: str, N: int, cfg) -> tuple[int, ...]:
     if suffix == "self_attn.qkv_proj":
-        hd, H = _head_dim(cfg), cfg.num_attention_heads
-        KV = getattr(cfg, "num_key_value_heads", None) or H
+        hd, (H, KV) = _head_dim(cfg), _heads(cfg)
         return (H * hd, KV * hd, KV * hd)
     if suffix == "mlp.gate_up_proj":
         return (N // 2, N // 2)
@@ -154,8 +159,7 @@ def plan(model, config, schemes: dict[str, LinearScheme | None], world: int, ran
             raise CheckpointError(f"{where}: the model is a mixture of experts ({field}={getattr(cfg, field)}); "
                                   f"expert sharding is not supported")
     problems: list[tuple[str, str]] = []
-    H = cfg.num_attention_heads
-    KV = getattr(cfg, "num_key_value_heads", None) or H
+    H, KV = _heads(cfg)
     inter = getattr(cfg, "intermediate_size", None)
     attn = next((n for n, _ in model.named_modules() if n.endswith("self_attn")), "self_attn")
     mlp = next((n for n, _ in model.named_modules() if n.endswith(".mlp")), "mlp")
@@ -220,9 +224,7 @@ def local_config(config, world: int):
     """A copy of ``config`` with this rank's head counts and MLP width; ``head_dim`` explicit (it stays global)."""
     local = copy.deepcopy(config)
     cfg, src = text_config(local), text_config(config)
-    hd = _head_dim(src)
-    H = src.num_attention_heads
-    KV = getattr(src, "num_key_value_heads", None) or H
+    hd, (H, KV) = _head_dim(src), _heads(src)
     cfg.head_dim = hd
     cfg.num_attention_heads = H // world
     if hasattr(src, "num_key_value_heads"):
