@@ -121,6 +121,39 @@ def test_wide_gemm_stream_k_region_too_small_to_split():
             ref, torch.float16)
 
 
+def test_wide_gemm_stream_k_finisher_in_row_chunks():
+    # 64x64 tiles: the finisher sums and writes a split tile in two chunks of 32 rows and releases through a
+    # probe of 32 of its 64 rows; M=100 (a partial second row tile), 2 x 2 tiles on 3 programs: one wave +
+    # 1 tile, its 6 K tiles cut 2/2/2 between all three
+    x, q, qz, s, b, ref = _case(100, 384, 128, 128, torch.float16, True, True, seed=torch.randint(0, 999, ()).item())
+    _run_on(3, dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, PERSIST=1, STREAM_K=1, TRANS=1), x, q, qz, s, b, 128, ref,
+            torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the real grid: 132 concurrent programs on a GPU")
+@pytest.mark.parametrize("K, N", [(4096, 14336), (14336, 4096)])
+def test_wide_gemm_stream_k_at_scale_on_the_gpu(K, N):
+    # the tables' tile on every SM: 112 / 32 tiles of 256x128 split 2-5 ways between 132 concurrent programs.
+    # Before each thread released its own slot stores (H200, 2026-12-01 15:21 UTC) this config was wrong by
+    # ~0.5 and its relaunches differed: the 128 KB partials were not ordered before the ticket
+    from awq_compile.target import detect
+
+    target = detect(torch.device("cuda"))
+    spec = get_spec("triton_gemm_wide")
+    cfg, opts = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, TRANS=1, PERSIST=1, STREAM_K=1,
+                                num_warps=8, num_stages=3), "scale", backend="cuda")
+    x, q, qz, s, b, ref = _case(256, K, N, 128, torch.float16, True, False, seed=torch.randint(0, 999, ()).item())
+    out = torch.empty(256, N, dtype=torch.float16, device="cuda")
+    first = None
+    for _ in range(5):
+        out.fill_(float("nan"))
+        launcher.run("triton_gemm_wide", cfg, opts, x, q, qz, s, None, out, 128, target, interpret=False)
+        assert rel_err(out.cpu(), ref) < TOL[torch.float16]
+        if first is None:
+            first = out.clone()
+        assert torch.equal(out, first), "Stream-K's fixed summation order must give bitwise equal relaunches"
+
+
 def test_wide_stream_k_grid_and_workspace_from_the_target():
     cfg = triton_gemm_wide.GemmWideConfig(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, TRANS=True, PERSIST=1,
                                           STREAM_K=1)

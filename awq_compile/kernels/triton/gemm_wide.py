@@ -198,20 +198,30 @@ def _stream_k_fixup(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, pid_m, offs_n, M, 
     ticket.  The program that draws the last ticket -- whichever arrives last, so nothing waits -- sums
     every contributor's slot in program order (the same order whoever finishes: the result is
     deterministic), writes the output tile once, and re-zeroes the slots and the ticket, so the workspace
-    is left as zeroed as the split-K kernels expect.  Ordering: every thread's slot stores come before the
-    CTA barrier, which comes before the one thread's acq_rel ticket at gpu scope (PTX: barrier
-    synchronisation and release/acquire compose in causality order); the finisher reads the slots at L2."""
+    is left as zeroed as the split-K kernels expect.  Ordering (as ``decode._finish``): each thread releases
+    its own slot stores at gpu scope (a no-op release add), then the CTA barrier, then one thread's acq_rel
+    ticket; the finisher's threads each acquire (a no-op acquire add) and read the slots at L2."""
     SLOT: tl.constexpr = BLOCK_M * BLOCK_N
     # rows the finisher sums and writes at a time: keeps the sum's registers small
     if BLOCK_M > 32:
         FIX_ROWS: tl.constexpr = 32
     else:
         FIX_ROWS: tl.constexpr = BLOCK_M
+    if BLOCK_M * BLOCK_N > 2048:
+        PROBE_ROWS: tl.constexpr = 2048 // BLOCK_N
+    else:
+        PROBE_ROWS: tl.constexpr = BLOCK_M
     rows = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     start = tile * k_tiles
     mine = 2 * pid + (lo < start).to(tl.int32)
     tl.store(ws_ptr + mine * SLOT + rows[:, None] * BLOCK_N + cols[None, :], acc)
+    # every thread's stores performed at gpu scope before the ticket: one no-op release add per thread (a
+    # [PROBE_ROWS, BLOCK_N] block of >= 2048 words gives each of up to 512 threads its own words), as the
+    # split-K epilogue does.  Without it (the CTA barrier and one thread's acq_rel ticket only) the H200
+    # gave errors of ~0.5 and relaunches that differed (docs/performance.md, 2026-12-01 evening)
+    probe = ws_ptr + mine * SLOT + tl.arange(0, PROBE_ROWS)[:, None] * BLOCK_N + cols[None, :]
+    tl.atomic_add(probe, tl.zeros((PROBE_ROWS, BLOCK_N), dtype=tl.float32), sem="release")
     tl.debug_barrier()
     # contributors: the programs whose shares hold the tile's first and last iterations, and all between
     c_first = ((start + 1).to(tl.int64) * progs + sk_iters - 1) // sk_iters - 1
@@ -220,6 +230,8 @@ def _stream_k_fixup(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, pid_m, offs_n, M, 
     c_last = c_last.to(tl.int32)
     ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
     if ticket == c_last - c_first:
+        # and every thread's reads after it: one no-op acquire add per thread, then the slots at L2
+        tl.atomic_add(probe, tl.zeros((PROBE_ROWS, BLOCK_N), dtype=tl.float32), sem="acquire")
         mask_n = offs_n < N
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
