@@ -55,6 +55,10 @@ SETS = {
               "128x128x64:8:3:t:p1:st1", "256x64x64:4:3:t:p2:st1"),
     "sk512": ("256x128x64:8:3:t", "256x128x64:8:3:t:p1:st1", "256x128x64:8:3:t:p1:st2", "256x128x64:8:4:t:p1:st1",
               "128x128x64:4:3:t:p2:st1", "128x128x64:4:3:t:p2:st2", "128x128x64:8:3:t:p1:st1"),
+    # the candidate table entries only (the lead's verification run)
+    "skcand128": ("128x128x64:4:3:t:p2:st1", "128x128x64:4:3:t:p1:st1"),
+    "skcand256": ("256x128x64:8:3:t:p1:st1", "256x128x64:8:4:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
+    "skcand512": ("256x128x64:8:3:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
     "sk1024": ("256x128x64:8:4:t", "256x128x64:8:3:t:p1", "256x128x64:8:3:t:p1:st1", "256x128x64:8:3:t:p1:st2",
                "256x128x64:8:3:t:p1:st9", "256x128x64:8:4:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
 }
@@ -83,8 +87,9 @@ def parse(spec: str) -> dict:
 
 
 def configs_for(M: int, which: str) -> list[str]:
-    if which == "streamk":
-        return list(SETS["sk128" if M <= 128 else "sk256" if M <= 256 else "sk512" if M <= 512 else "sk1024"])
+    if which in ("streamk", "skcand"):
+        b = "128" if M <= 128 else "256" if M <= 256 else "512" if M <= 512 else "1024"
+        return list(SETS.get(("sk" if which == "streamk" else "skcand") + b, SETS["sk1024"]))
     if which != "auto":
         return [c for name in which.split("+") for c in SETS.get(name, (name,))]
     if M <= 32:
@@ -142,8 +147,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="64,256,1024,4096")
     ap.add_argument("--dtypes", default="float16")
-    ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), streamk (the sk* set "
-                    "of each M), set names or specs joined by +")
+    ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), streamk / skcand (the "
+                    "sk* / skcand* set of each M), set names or specs joined by +")
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--tol", type=float, default=1e-3, help="fp16; bf16 outputs get 10x (their rounding is 4e-3)")
     ap.add_argument("--stress", type=int, default=10)
