@@ -12,7 +12,7 @@ and each config -- relative error against float64 on a NaN-poisoned output befor
 best config of each row, and every config with SPLIT_K > 1 that is within 5% of it, is relaunched
 ``--stress`` times on fresh NaN poison (half with fresh x): a split-K race shows as a wrong launch.
 
-Config spelling ``KERNEL:BNxBK:wWARPS[:tTILES][:skSPLIT][:pf0][:stSTAGES][:fma][:rMAXNREG]`` with KERNEL
+Config spelling ``KERNEL:BNxBK:wWARPS[:tTILES][:skSPLIT][:pf0][:xs0][:stSTAGES][:fma][:rMAXNREG]`` with KERNEL
 ``deep`` (triton_gemv_deep), ``gemv`` (triton_gemv) or ``stream`` (triton_gemv_stream); BLOCK_M is 1.
 """
 
@@ -35,13 +35,16 @@ SETS = {
     # the shipped M = 1 configs (sm90 "3.6" table before this work), timed as configs
     "shipped": ("gemv:1024x32:w4:sk32:fma", "gemv:256x32:w2:sk32", "stream:256x128:w4:sk16"),
     # sweep 1: the deep GEMV -- column width, split, warps, tiles per chunk, prefetch vs pipeliner
-    "deep1": ("deep:128x64:w1:sk4", "deep:128x64:w1:sk8", "deep:128x32:w1:sk8", "deep:128x32:w1:t2:sk4",
-              "deep:128x64:w1:sk4:pf0", "deep:256x64:w2:sk4", "deep:256x32:w2:sk8", "deep:256x64:w2:sk8",
-              "deep:256x32:w2:t2:sk4", "deep:512x32:w4:sk4", "deep:512x32:w4:sk8", "deep:512x64:w4:sk4",
+    # sweep 1: the deep GEMV -- columns per program x warps (rows in-thread when BLOCK_N >= 128 x warps),
+    # K tile, split, prefetch vs none vs the pipeliner, per-tile (XSUM) vs per-row (xs0) offset sums
+    "deep1": ("deep:128x64:w1:sk4", "deep:128x64:w1:sk8", "deep:128x64:w1:sk4:xs0", "deep:128x64:w1:sk8:xs0",
+              "deep:128x32:w1:sk8", "deep:128x32:w1:sk16", "deep:128x32:w1:t2:sk4", "deep:128x64:w1:sk4:pf0",
+              "deep:256x64:w2:sk4", "deep:256x32:w2:sk8", "deep:256x64:w2:sk4:xs0", "deep:256x32:w2:t2:sk4",
+              "deep:512x32:w4:sk4", "deep:512x32:w4:sk8", "deep:512x32:w4:sk4:xs0", "deep:512x32:w4:sk8:xs0",
               "deep:512x32:w4:sk16", "deep:1024x32:w4:sk8", "deep:1024x32:w4:sk16", "deep:1024x32:w4:sk32",
               "deep:128x128:w4:sk4", "deep:128x128:w4:sk8", "deep:64x128:w2:sk2", "deep:64x128:w2:sk1",
               "deep:512x32:w4:sk4:pf0:st3", "deep:128x64:w1:sk4:pf0:st4", "deep:256x64:w2:sk8:pf0:st3",
-              "deep:256x64:w2:sk4:pf0", "deep:512x32:w4:sk8:pf0"),
+              "deep:512x32:w4:sk8:pf0"),
     "ir": ("deep:128x128:w4:sk4", "deep:128x128:w8:sk4", "deep:64x128:w2:sk1", "deep:32x128:w2:sk2",
            "deep:256x128:w8:sk4", "deep:128x128:w4:sk4:pf0", "deep:128x128:w4:sk4:pf0:st4",
            "deep:64x128:w4:t2:sk2"),
@@ -64,6 +67,8 @@ def parse(spec: str) -> tuple[str, dict]:
             cfg["TILES"] = int(flag[1:])
         elif flag == "pf0":
             cfg["PREFETCH"] = 0
+        elif flag == "xs0":
+            cfg["XSUM"] = 0
         elif flag == "fma":
             cfg["FMA_DECODE"] = 1
         elif flag.startswith("r"):

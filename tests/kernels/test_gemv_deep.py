@@ -1,5 +1,5 @@
 """triton_gemv_deep (triton/gemv_deep.py) against float64: every switch of its config -- chunks of one and
-several K tiles, a ragged last chunk (K not a multiple of the chunk), split-K with and without a workspace,
+several K tiles, per-tile or per-row offset sums (XSUM), a ragged last chunk (K not a multiple of the chunk), split-K with and without a workspace,
 the next chunk prefetched or not, the pipelined loop (STAGES) -- on fresh random data, NaN-poisoned
 outputs, twice per case (the split-K workspace and tickets must be left clean), fp16 and bf16."""
 
@@ -15,6 +15,7 @@ DEEP = [
     dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=64, TILES=4, SPLIT_K=2, PREFETCH=0),
     dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, TILES=2, SPLIT_K=3, PREFETCH=0, STAGES=3),
     dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=64, TILES=1, SPLIT_K=6),                 # one chunk per program
+    dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, TILES=2, SPLIT_K=2, XSUM=0),       # per-row offset sums
 ]
 
 

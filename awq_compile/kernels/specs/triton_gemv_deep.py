@@ -15,7 +15,9 @@ class GemvDeepConfig(KernelConfig):
     rows, SPLIT_K programs along K (each a contiguous run of chunks; 1 = no workspace, no ticket).
     PREFETCH: the next chunk loaded before the current one is decoded (register double buffering).
     STAGES > 1: the chunk loop goes to Triton's software pipeliner with that many stages (cp.async into
-    shared memory on NVIDIA) -- the alternative to PREFETCH, not combined with it."""
+    shared memory on NVIDIA) -- the alternative to PREFETCH, not combined with it.  XSUM: the zero-point and
+    offset terms come from per-tile sums of one contiguous load of x (else per word row, from the nibble
+    loads; the compiler then loads x a second time in another layout)."""
 
     BLOCK_M: int
     BLOCK_N: int
@@ -24,6 +26,7 @@ class GemvDeepConfig(KernelConfig):
     SPLIT_K: int = 1
     PREFETCH: bool = True
     STAGES: int = 1
+    XSUM: bool = True
 
     def check(self, launch, problem, shared_limit):
         why = k_tile_reason(self.BLOCK_K, problem)

@@ -8,12 +8,12 @@ is decoded, so a thread keeps up to two chunks' worth of loads in flight; STAGES
 Triton's software pipeliner instead (cp.async on NVIDIA).
 
 Decode: nibble i of a word becomes fp32 ``OFF_i + q`` with one shift (shared by two nibbles) and one LOP3
-(``_plane_lo``); the partial ``p = sum_i x_i (OFF_i + q_i)`` of each word is one FMA per weight.  The
-offsets and the zero point come off once per *word*: ``sum_i x_i (q_i - z) = p - (c + z * sx)`` with
-``c = sum_i OFF_i x_i`` and ``sx = sum_i x_i`` per word row (computed on the row's x values only), and the
-scale is applied per word: ``acc += s * (p - c - z sx)``.  ``acc`` stays [TILES, BLOCK_K/8, BLOCK_N] in
-registers (every thread its own words); the one cross-thread reduction is at the end, before the split-K
-epilogue (``_finish``; SPLIT_K = 1 writes the output directly, no workspace).
+(``_plane_lo``); ``p = x_i (OFF_i + q_i)`` is one FMA per weight.  Per K tile and column,
+``sum_k x_k (q_k - z) = sum p - (C + z * S)`` with ``C = sum_k OFF(k) x_k`` and ``S = sum_k x_k``: with XSUM
+from one contiguous load of the chunk's x (a few vector loads and a warp reduction), else per word row from
+the nibble loads.  The rows of p are summed per chunk (inside each thread when the columns span all warps:
+BLOCK_N >= 128 x num_warps), scaled, and accumulated in [TILES, BLOCK_N]; the split-K epilogue is
+``_finish`` (SPLIT_K = 1 writes the output directly: no workspace, no ticket).
 
 Rows past K (the last chunk of a run may be partial) read a clamped, valid row whose x is 0.
 """
@@ -55,7 +55,7 @@ def _gemv_deep_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SPLIT_K: tl.constexpr, TILES: tl.constexpr, PREFETCH: tl.constexpr,
-                      STAGES: tl.constexpr):
+                      STAGES: tl.constexpr, XSUM: tl.constexpr):
     """BLOCK_M == 1: program (n tile, K split, row)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -74,6 +74,9 @@ def _gemv_deep_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
     c0 = pid_k * per_split
     c1 = tl.minimum(n_chunks, c0 + per_split)
     x_row = x_ptr + pid_m * stride_xm
+    offs_k = tl.arange(0, BLOCK_K)
+    kk = offs_k % 8
+    off_k = tl.where((kk == 0) | (kk == 1) | (kk == 3) | (kk == 5), 2048.0, 128.0)   # _plane_lo's offsets
     w_cols = qw_ptr + offs_n[None, None, :]
     m3 = mask_n[None, None, :]
     acc = tl.zeros((TILES, BLOCK_N), dtype=tl.float32)
@@ -100,18 +103,27 @@ def _gemv_deep_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
             s, z = _chunk_scale_zero(qz_ptr, s_ptr, gs, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
         kx = c * CH + wrow * 8                               # K index of nibble 0 of each word row
         for i in tl.static_range(8):
-            # x of nibble i of every word row (rows past K read 0); the row sums are kept 3-D so that they
-            # take the weight tile's layout (no second, differently laid-out load of x)
+            # x of nibble i of every word row (rows past K read 0)
             xi = tl.load(x_row + kx + i, mask=kx + i < K, other=0.0).to(tl.float32)[:, :, None]
             if i == 0:
                 p = xi * _plane_lo(packed, i)                 # x * (OFF + q): one FMA per weight
-                cx = _lo_offset(i) * xi
-                sx = xi
+                if not XSUM:
+                    cx = _lo_offset(i) * xi
+                    sx = xi
             else:
                 p += xi * _plane_lo(packed, i)
-                cx += _lo_offset(i) * xi
-                sx += xi
-        d = tl.sum(p - (cx + z[:, None, :] * sx), axis=1)   # [TILES, BLOCK_N]: sum_k x_k (q_k - z)
+                if not XSUM:
+                    cx += _lo_offset(i) * xi
+                    sx += xi
+        if XSUM:
+            # per K tile: sum_k OFF(k) x_k and sum_k x_k from one contiguous load of the chunk's x
+            kc = c * CH + offs_t[:, None] * BLOCK_K + offs_k[None, :]
+            xc = tl.load(x_row + kc, mask=kc < K, other=0.0).to(tl.float32)          # [TILES, BLOCK_K]
+            d = tl.sum(p, axis=1) - (tl.sum(xc * off_k[None, :], axis=1)[:, None]
+                                     + z * tl.sum(xc, axis=1)[:, None])            # [TILES, BLOCK_N]
+        else:
+            # per word row, from the nibble loads above
+            d = tl.sum(p - (cx + z[:, None, :] * sx), axis=1)
         acc += s * d
     total = tl.sum(acc, axis=0)
     offs_m = pid_m + tl.arange(0, 1)
