@@ -1,7 +1,7 @@
 """Compile GEMV configs ahead of time for a GPU target and report what their TTGIR / PTX contain.
 
 ``python -m benchmarks.gemv_ir [--target cuda:sm90] [--K 4096 --N 14336] [SPEC ...]`` -- no GPU needed.
-SPEC is a ``benchmarks.gemv_sweep`` config spelling (default: its ``ir`` set).  Per config: registers and
+SPEC is a ``benchmarks.gemv_sweep`` config spelling (default: its ``shipped`` set).  Per config: registers and
 spills (cuobjdump / ptxas), shared memory, the pipeliner's async copies (TTGIR
 ``async_copy_global_to_local``, PTX ``cp.async``), 16-byte global loads and CTA barriers in the PTX.
 """
@@ -50,7 +50,7 @@ def main(argv=None):
     os.environ.pop("TRITON_INTERPRET", None)
     from .gemv_sweep import SETS
 
-    for spec in args.specs or SETS["ir"]:
+    for spec in args.specs or SETS["shipped"]:
         try:
             print(facts(spec, args.target, args.K, args.N, args.dtype), flush=True)
         except Exception as e:

@@ -12,8 +12,10 @@ and each config -- relative error against float64 on a NaN-poisoned output befor
 best config of each row, and every config with SPLIT_K > 1 that is within 5% of it, is relaunched
 ``--stress`` times on fresh NaN poison (half with fresh x): a split-K race shows as a wrong launch.
 
-Config spelling ``KERNEL:BNxBK:wWARPS[:tTILES][:skSPLIT][:pf0][:xs0][:stSTAGES][:fma][:rMAXNREG]`` with KERNEL
-``deep`` (triton_gemv_deep), ``gemv`` (triton_gemv) or ``stream`` (triton_gemv_stream); BLOCK_M is 1.
+Config spelling ``KERNEL:BNxBK:wWARPS[:skSPLIT][:mBLOCK_M][:fma][:rMAXNREG]`` with KERNEL ``gemv``
+(triton_gemv) or ``stream`` (triton_gemv_stream); BLOCK_M is 1 unless ``:mN``.  Sweep 1 (2026-12-01) also
+timed ``triton_gemv_deep`` (commit d4fb5cc..61db59f, removed after it lost everywhere; see
+docs/performance.md and benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
 """
 
 from __future__ import annotations
@@ -29,25 +31,11 @@ import torch
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
-KERNELS = {"deep": "triton_gemv_deep", "gemv": "triton_gemv", "stream": "triton_gemv_stream"}
+KERNELS = {"gemv": "triton_gemv", "stream": "triton_gemv_stream"}
 
 SETS = {
     # the shipped M = 1 configs (sm90 "3.6" table before this work), timed as configs
     "shipped": ("gemv:1024x32:w4:sk32:fma", "gemv:256x32:w2:sk32", "stream:256x128:w4:sk16"),
-    # sweep 1: the deep GEMV -- column width, split, warps, tiles per chunk, prefetch vs pipeliner
-    # sweep 1: the deep GEMV -- columns per program x warps (rows in-thread when BLOCK_N >= 128 x warps),
-    # K tile, split, prefetch vs none vs the pipeliner, per-tile (XSUM) vs per-row (xs0) offset sums
-    "deep1": ("deep:128x64:w1:sk4", "deep:128x64:w1:sk8", "deep:128x64:w1:sk4:xs0", "deep:128x64:w1:sk8:xs0",
-              "deep:128x32:w1:sk8", "deep:128x32:w1:sk16", "deep:128x32:w1:t2:sk4", "deep:128x64:w1:sk4:pf0",
-              "deep:256x64:w2:sk4", "deep:256x32:w2:sk8", "deep:256x64:w2:sk4:xs0", "deep:256x32:w2:t2:sk4",
-              "deep:512x32:w4:sk4", "deep:512x32:w4:sk8", "deep:512x32:w4:sk4:xs0", "deep:512x32:w4:sk8:xs0",
-              "deep:512x32:w4:sk16", "deep:1024x32:w4:sk8", "deep:1024x32:w4:sk16", "deep:1024x32:w4:sk32",
-              "deep:128x128:w4:sk4", "deep:128x128:w4:sk8", "deep:64x128:w2:sk2", "deep:64x128:w2:sk1",
-              "deep:512x32:w4:sk4:pf0:st3", "deep:128x64:w1:sk4:pf0:st4", "deep:256x64:w2:sk8:pf0:st3",
-              "deep:512x32:w4:sk8:pf0"),
-    "ir": ("deep:128x128:w4:sk4", "deep:128x128:w8:sk4", "deep:64x128:w2:sk1", "deep:32x128:w2:sk2",
-           "deep:256x128:w8:sk4", "deep:128x128:w4:sk4:pf0", "deep:128x128:w4:sk4:pf0:st4",
-           "deep:64x128:w4:t2:sk2"),
 }
 
 
@@ -61,14 +49,8 @@ def parse(spec: str) -> tuple[str, dict]:
             cfg["num_warps"] = int(flag[1:])
         elif flag.startswith("sk"):
             cfg["SPLIT_K"] = int(flag[2:])
-        elif flag.startswith("st"):
-            cfg["STAGES"] = int(flag[2:])
-        elif flag.startswith("t"):
-            cfg["TILES"] = int(flag[1:])
-        elif flag == "pf0":
-            cfg["PREFETCH"] = 0
-        elif flag == "xs0":
-            cfg["XSUM"] = 0
+        elif flag.startswith("m"):
+            cfg["BLOCK_M"] = int(flag[1:])
         elif flag == "fma":
             cfg["FMA_DECODE"] = 1
         elif flag.startswith("r"):
@@ -147,7 +129,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="1")
     ap.add_argument("--dtypes", default="float16,bfloat16")
-    ap.add_argument("--configs", default="shipped+deep1", help="set names or specs joined by '+'")
+    ap.add_argument("--configs", default="shipped", help="set names or specs joined by '+'")
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--tol", type=float, default=1e-3, help="fp16; bf16 outputs get 10x (their rounding is 4e-3)")
     ap.add_argument("--stress", type=int, default=20)
