@@ -12,8 +12,8 @@ and each config -- relative error against float64 on a NaN-poisoned output befor
 best config of each row, and every config with SPLIT_K > 1 that is within 5% of it, is relaunched
 ``--stress`` times on fresh NaN poison (half with fresh x): a split-K race shows as a wrong launch.
 
-Config spelling ``KERNEL:BNxBK:wWARPS[:skSPLIT][:mBLOCK_M][:tTILES][:pf0][:xs0][:xp][:stSTAGES][:fma][:rMAXNREG]``
-with KERNEL ``gemv`` (triton_gemv), ``stream`` (triton_gemv_stream) or ``deep`` (triton_gemv_deep); BLOCK_M is 1 unless ``:mN``.  Sweep 1 (2026-12-01) also
+Config spelling ``KERNEL:BNxBK:wWARPS[:skSPLIT][:mBLOCK_M][:fma][:rMAXNREG]`` with KERNEL ``gemv``
+(triton_gemv) or ``stream`` (triton_gemv_stream); BLOCK_M is 1 unless ``:mN``.  Sweep 1 (2026-12-01) also
 timed ``triton_gemv_deep`` (commit d4fb5cc..61db59f, removed after it lost everywhere; see
 docs/performance.md and benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
 """
@@ -31,16 +31,11 @@ import torch
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
-KERNELS = {"gemv": "triton_gemv", "stream": "triton_gemv_stream", "deep": "triton_gemv_deep"}
+KERNELS = {"gemv": "triton_gemv", "stream": "triton_gemv_stream"}
 
 SETS = {
     # the shipped M = 1 configs (sm90 "3.6" table before this work), timed as configs
     "shipped": ("gemv:1024x32:w4:sk32:fma", "gemv:256x32:w2:sk32", "stream:256x128:w4:sk16"),
-    # experiment (not merged): the deep GEMV with x one chunk ahead (XPREFETCH), sweep 1's best shapes
-    "deep2": ("deep:128x128:w4:sk8:xp", "deep:128x128:w4:sk4:xp", "deep:128x128:w4:sk16:xp",
-              "deep:128x64:w1:sk8:xp", "deep:128x32:w1:sk16:xp", "deep:512x32:w4:sk8:xp",
-              "deep:512x32:w4:sk16:xp", "deep:1024x32:w4:sk16:xp", "deep:1024x32:w4:sk32:xp",
-              "deep:256x32:w2:sk16:xp", "deep:128x128:w4:sk8", "deep:1024x32:w4:sk32"),
 }
 
 
@@ -54,16 +49,6 @@ def parse(spec: str) -> tuple[str, dict]:
             cfg["num_warps"] = int(flag[1:])
         elif flag.startswith("sk"):
             cfg["SPLIT_K"] = int(flag[2:])
-        elif flag.startswith("st"):
-            cfg["STAGES"] = int(flag[2:])
-        elif flag.startswith("t"):
-            cfg["TILES"] = int(flag[1:])
-        elif flag == "pf0":
-            cfg["PREFETCH"] = 0
-        elif flag == "xs0":
-            cfg["XSUM"] = 0
-        elif flag == "xp":
-            cfg["XPREFETCH"] = 1
         elif flag.startswith("m"):
             cfg["BLOCK_M"] = int(flag[1:])
         elif flag == "fma":
