@@ -341,22 +341,25 @@ _TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 
 def _old_torch_refusal(paths: dict, target) -> str | None:
     """Why packaging is refused on this torch, or None.  Measured on the H200 (torch 2.11.0+cu130,
-    2026-12-01): ``aoti_load_package`` + a call segfaulted for a package holding the opaque op *and* for a
-    GPU package with every kernel compiled in (triton_op path, no proxy-executor call in its C++,
-    tests/test_gpu_export.py).  CPU packages of plain ATen are not refused (not seen crashing; proven on
-    torch 2.13 only)."""
+    2026-12-01): ``aoti_load_package`` segfaulted for our GPU packages (triton_op path, no proxy-executor
+    call in their C++, tests/test_gpu_export.py) *and* for control packages built from plain
+    ``nn.Linear`` models without awq_compile (64x64 and 4096x4096, loaded with and without
+    ``torch.cuda.init()`` first): on that build no AOTInductor GPU package loads, so a GPU package made
+    there cannot be proven and is refused.  A program keeping the opaque op calls our Python through the
+    proxy executor, which was only seen on that build's crashing loader: refused too.  CPU packages of plain
+    ATen are not refused (proven on torch 2.13 only)."""
     if _TORCH >= (2, 13):
         return None
     opaque = [name for name, path in paths.items() if path.startswith("custom_op")]
     if opaque:
         return (f"{len(opaque)} layer(s) keep the opaque custom op ({', '.join(opaque[:4])}"
                 f"{'...' if len(opaque) > 4 else ''}: {paths[opaque[0]]}); loading an AOTInductor package that "
-                "calls it through the proxy executor crashed the process (segmentation fault, torch 2.11, "
-                "2026-12-01); packaging such a program needs torch >= 2.13")
+                "calls it through the proxy executor was never seen to load on torch < 2.13 (on torch 2.11 every "
+                "AOTInductor GPU package segfaulted at load, 2026-12-01); packaging such a program needs torch >= 2.13")
     if target is not None and target.is_gpu:
-        return (f"a {target} package: loading and running an AOTInductor GPU package with our Triton kernels "
-                "compiled in crashed the process (segmentation fault, torch 2.11.0 on an H200, 2026-12-01); "
-                "GPU packaging needs torch >= 2.13")
+        return (f"a {target} package: on torch 2.11 (H200, cu130, 2026-12-01) loading any AOTInductor GPU "
+                "package crashed the process with a segmentation fault -- ours and a plain nn.Linear package "
+                "built without awq_compile alike -- so GPU packaging needs torch >= 2.13")
     return None
 
 

@@ -7,7 +7,9 @@ Run on the device from a source tree (nothing installed)::
 
 The package is loaded in a subprocess (tests/_aoti_runner.py): on torch 2.11 ``aoti_load_package`` of a package calling our opaque
 custom op died with SIGSEGV, and so did this test's triton_op package (H200, torch 2.11.0+cu130, 2026-12-01,
-no proxy-executor call in its C++); a crash must be reported (with its signal), not take pytest down.
+no proxy-executor call in its C++) -- as did plain nn.Linear control packages built without awq_compile on
+that build (benchmarks/results/2026-12-01-h200-aoti-control.log); a crash must be reported (with its
+signal), not take pytest down.
 ``awq_compile.export`` therefore refuses GPU packaging on torch < 2.13: there this test checks the refusal
 and the rewritten program (run eagerly) instead; ``AWQ_TEST_PACKAGE_ON_OLD_TORCH=1`` packages anyway, to
 see whether a newer 2.11/2.12 build still crashes.  With
