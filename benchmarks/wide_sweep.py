@@ -8,8 +8,8 @@ Every config is first compiled in ``--jobs`` worker processes (Triton's cache th
 process), then per (shape, M): ``ours`` (the op with today's plan), ``cublas`` (fp16 ``x @ W``) and each
 config -- relative error against float64 on a NaN-poisoned output before it is timed.  The best config
 per row is relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
-``BMxBNxBK:warps:stages[:t][:p1][:st1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, stN = STREAM_K N,
-skN = SPLIT_K N, gN = GROUP_M N, x = XPERM for the plane GEMM).
+``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
+x = XPERM for the plane GEMM).
 """
 
 from __future__ import annotations
@@ -47,20 +47,6 @@ SETS = {
     "large": ("256x128x64:8:3:t", "256x128x64:8:4:t", "256x128x64:8:3:t:p1", "256x128x32:8:4:t",
               "256x128x32:8:4:t:p1", "256x64x64:4:3:t", "128x128x64:4:3:t", "256x128x64:8:3:t:g4",
               "256x64x64:4:3:t:sk2", "128x64x64:4:3:t:sk2", "256x128x64:8:3:t:sk2"),
-    # 2026-12-01 evening (streamk helper, issue 12 item 2): hybrid Stream-K on 132 (p1) or 264 (p2) programs
-    # next to the data-parallel tile of the same shape (``--configs streamk`` picks the set by M)
-    "sk128": ("128x64x128:4:3:t", "128x128x64:4:3:t:p2:st1", "128x128x64:4:3:t:p1:st1", "128x128x64:8:3:t:p1:st1",
-              "128x64x64:4:3:t:p2:st1"),
-    "sk256": ("256x128x64:8:3:t", "256x128x64:8:3:t:p1:st1", "256x128x64:8:4:t:p1:st1", "128x128x64:4:3:t:p2:st1",
-              "128x128x64:8:3:t:p1:st1", "256x64x64:4:3:t:p2:st1"),
-    "sk512": ("256x128x64:8:3:t", "256x128x64:8:3:t:p1:st1", "256x128x64:8:3:t:p1:st2", "256x128x64:8:4:t:p1:st1",
-              "128x128x64:4:3:t:p2:st1", "128x128x64:4:3:t:p2:st2", "128x128x64:8:3:t:p1:st1"),
-    # the candidate table entries only (the lead's verification run)
-    "skcand128": ("128x128x64:4:3:t:p2:st1", "128x128x64:4:3:t:p1:st1"),
-    "skcand256": ("256x128x64:8:3:t:p1:st1", "256x128x64:8:4:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
-    "skcand512": ("256x128x64:8:3:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
-    "sk1024": ("256x128x64:8:4:t", "256x128x64:8:3:t:p1", "256x128x64:8:3:t:p1:st1", "256x128x64:8:3:t:p1:st2",
-               "256x128x64:8:3:t:p1:st9", "256x128x64:8:4:t:p1:st1", "128x128x64:4:3:t:p2:st1"),
 }
 
 
@@ -73,8 +59,6 @@ def parse(spec: str) -> dict:
             cfg["TRANS"] = 1
         elif flag.startswith("p"):
             cfg["PERSIST"] = int(flag[1:])
-        elif flag.startswith("st"):
-            cfg["STREAM_K"] = int(flag[2:])
         elif flag.startswith("sk"):
             cfg["SPLIT_K"] = int(flag[2:])
         elif flag.startswith("g"):
@@ -87,9 +71,6 @@ def parse(spec: str) -> dict:
 
 
 def configs_for(M: int, which: str) -> list[str]:
-    if which in ("streamk", "skcand"):
-        b = "128" if M <= 128 else "256" if M <= 256 else "512" if M <= 512 else "1024"
-        return list(SETS.get(("sk" if which == "streamk" else "skcand") + b, SETS["sk1024"]))
     if which != "auto":
         return [c for name in which.split("+") for c in SETS.get(name, (name,))]
     if M <= 32:
@@ -147,8 +128,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="64,256,1024,4096")
     ap.add_argument("--dtypes", default="float16")
-    ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), streamk / skcand (the "
-                    "sk* / skcand* set of each M), set names or specs joined by +")
+    ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), a set name or specs")
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--tol", type=float, default=1e-3, help="fp16; bf16 outputs get 10x (their rounding is 4e-3)")
     ap.add_argument("--stress", type=int, default=10)

@@ -9,14 +9,18 @@ from ..spec import KernelConfig, KernelSpec, LaunchPlan, fused_arguments, k_tile
 from .triton_gemm import GemmConfig, upcast_dot
 from .triton_gemv import common_constexprs
 
+# Programs of a persistent launch per SM target: the plan has no SM count (plan_launch is pure), so a
+# persistent grid is sized to the largest count of the family's parts (H100/H200 SXM: 132); on a part with
+# fewer SMs the extra programs form a short second wave, never a wrong result.
+PERSIST_PROGRAMS = {"cuda": 132, "cdna": 304, "rdna": 96}
+
+
 @dataclasses.dataclass(frozen=True)
 class GemmWideConfig(KernelConfig):
     """BLOCK_M x BLOCK_N output tiles over K tiles of BLOCK_K, GROUP_M row tiles per column strip (L2
     order), SPLIT_K programs along K; TRANS (``out^T = W^T x^T``: the decoded weight is the left,
     register-capable operand); PERSIST (a persistent grid of PERSIST programs per SM walks the tiles; 0:
-    one program per tile); STREAM_K (with PERSIST: hybrid Stream-K -- the last partial wave of tiles plus
-    STREAM_K - 1 full waves before it is split into equal shares of K tiles over the programs, the other
-    waves run whole tiles; 0: off)."""
+    one program per tile)."""
 
     BLOCK_M: int
     BLOCK_N: int
@@ -25,7 +29,6 @@ class GemmWideConfig(KernelConfig):
     GROUP_M: int = 8
     TRANS: bool = False
     PERSIST: int = 0
-    STREAM_K: int = 0
 
     _gemm_rules = GemmConfig._gemm_rules
 
@@ -35,8 +38,6 @@ class GemmWideConfig(KernelConfig):
             return why
         if self.PERSIST and self.SPLIT_K > 1:
             return "PERSIST walks whole tiles: SPLIT_K must be 1"
-        if self.STREAM_K and not self.PERSIST:
-            return "STREAM_K splits K over a persistent grid: it needs PERSIST >= 1"
         return self._gemm_rules(launch, problem, shared_limit)
 
     def shared_bytes(self, launch, act_bytes=2):
@@ -45,30 +46,24 @@ class GemmWideConfig(KernelConfig):
         return max(launch.stages - 1, 1) * per_stage + staged_w
 
 
-def wide_grid_and_workspace(cfg: GemmWideConfig, problem, units: int):
-    """Grid and split-K / Stream-K workspace ``(fp32 elements, tile tickets)`` on a target of ``units`` SMs
-    (``Target.compute_units``).  Stream-K: PERSIST x units programs (at most one per (tile, K tile)
-    iteration), two fp32 slots of one tile each per program, one ticket per tile."""
+def wide_grid_and_workspace(cfg: GemmWideConfig, problem, family: str):
     M, N = problem.m, problem.N
     tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N)
-    if cfg.STREAM_K:
-        progs = max(1, min(cfg.PERSIST * units, tiles * (problem.K // cfg.BLOCK_K)))
-        return (progs, 1), (2 * progs * cfg.BLOCK_M * cfg.BLOCK_N, tiles)
     if cfg.PERSIST:
-        return (min(tiles, cfg.PERSIST * units), 1), None
+        return (min(tiles, cfg.PERSIST * PERSIST_PROGRAMS.get(family, 132)), 1), None
     return (tiles, cfg.SPLIT_K), ((M * N, tiles) if cfg.SPLIT_K > 1 else None)
 
 
 def plan(cfg: GemmWideConfig, launch, problem, target, interpret: bool) -> LaunchPlan:
     from ..triton.gemm_wide import _gemm_wide_kernel
 
-    grid, ws = wide_grid_and_workspace(cfg, problem, target.compute_units)
+    grid, ws = wide_grid_and_workspace(cfg, problem, target.family)
     consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm_wide", _gemm_wide_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws)
 
 
 SPECS = (KernelSpec("triton_gemm_wide", "Triton fused W4A16 GEMM for prefill M: wide tiles, 16-bit decode of "
-                    "the whole K tile, one dot per K tile, optional persistent grid and hybrid Stream-K",
+                    "the whole K tile, one dot per K tile, optional persistent grid",
                     ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmWideConfig, plan=plan,
                     matrix_units=True),)

@@ -22,14 +22,6 @@ PERSIST: a persistent grid of ``programs`` (the plan sizes it to the SM count) w
 grouped order with a stride, so no program ends a partial wave idle while others still start tiles.
 SPLIT_K > 1 splits K over programs, reduced in the fp32 workspace by ``_store_tile`` (``decode._finish``
 without the early return, so it can sit in the tile loop).
-
-STREAM_K (with PERSIST): hybrid Stream-K (``_stream_k``).  The grid is a fixed number of programs (PERSIST
-per SM of the target); the last partial wave of tiles (and STREAM_K - 1 full waves before it) is cut
-into equal contiguous shares of (tile, K tile) iterations, one per program, the other tiles run whole;
-a tile split between programs is summed in a fixed order from per-contributor fp32 slots by the program
-that takes its last ticket (``_stream_k_fixup``: deterministic, each output tile written once).  So 112
-tiles on 132 SMs (4096x14336, M = 256, 256x128 tiles) keep every SM busy for 54-55 K tiles instead of
-112 SMs for 64, and 32 tiles (14336x4096) run on all 132 SMs.
 """
 
 from __future__ import annotations
@@ -60,11 +52,11 @@ def _decode_tile(packed, s, zm, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, AC
 
 @triton.jit
 def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stride_zg, stride_sg,
-               pid_m, pid_n, lo, hi,
+               pid_m, pid_n, pid_k,
                GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr):
-    """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over K tiles ``lo .. hi - 1``."""
+    """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over this program's share of K."""
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     EXACT_F32: tl.constexpr = UPCAST_DOT or (s_ptr.dtype.element_ty != ACT)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -80,6 +72,10 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]           # x [BM, BK]
     w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    lo = pid_k * per_split
+    hi = tl.minimum(k_tiles, lo + per_split)
     for t in range(lo, hi):
         k0 = t * BLOCK_K
         packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
@@ -110,147 +106,23 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                      TRANS: tl.constexpr, PERSIST: tl.constexpr, STREAM_K: tl.constexpr):
+                      TRANS: tl.constexpr, PERSIST: tl.constexpr):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     tiles = num_m * num_n
-    k_tiles = K // BLOCK_K
-    if STREAM_K:
-        _stream_k(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm,
-                  stride_qk, stride_zg, stride_sg, stride_om, num_m, num_n, tiles, k_tiles, GROUP_SIZE,
-                  HAS_ZEROS, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST_DOT, TRANS, STREAM_K)
+    if PERSIST:
+        step = tl.num_programs(0)
     else:
-        if PERSIST:
-            step = tl.num_programs(0)
-        else:
-            step = tiles
-        # one loop form for both grids: on Triton 3.6 the single-trip loop compiled 256x128x64 tiles ~15-20%
-        # faster than straight-line code (sweeps 1 and 2, docs/performance.md)
-        for tile in range(tl.program_id(0), tiles, step):
-            pid_m, pid_n = _grouped_tile(tile, num_m, num_n, GROUP_M)
-            per_split = tl.cdiv(k_tiles, SPLIT_K)
-            lo = tl.program_id(1) * per_split
-            hi = tl.minimum(k_tiles, lo + per_split)
-            acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
-                                             stride_zg, stride_sg, pid_m, pid_n, lo, hi, GROUP_SIZE,
-                                             HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST_DOT, TRANS)
-            _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-                        stride_om, SPLIT_K, HAS_BIAS)
-
-
-@triton.jit
-def _share_start(p, sk_iters, progs):
-    """First (tile, K tile) iteration of program p's share of the Stream-K region: ``p * sk_iters // progs``
-    (shares of equal size to within one iteration), computed in int64."""
-    return ((p * sk_iters.to(tl.int64)) // progs).to(tl.int32)
-
-
-@triton.jit
-def _stream_k(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm,
-              stride_qk, stride_zg, stride_sg, stride_om, num_m, num_n, tiles, k_tiles,
-              GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-              UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr, STREAM_K: tl.constexpr):
-    """Hybrid Stream-K on a grid of ``progs`` programs (the plan: a multiple of the SM count).
-
-    The last partial wave of output tiles plus ``STREAM_K - 1`` full waves before it (those there are) form
-    the Stream-K region, tiles ``0 .. sk_tiles - 1``: its ``sk_tiles * k_tiles`` (tile, K tile) iterations
-    are cut into ``progs`` contiguous shares of equal size (to within one), so every program runs the same
-    number of K tiles.  The other tiles, a whole number of waves, are data-parallel: program p computes
-    tiles ``sk_tiles + p + j * progs`` whole.  A tile whose iterations fall into several shares is finished
-    by ``_stream_k_fixup``.  A region with fewer iterations than programs is not split (its tiles run whole).
-    """
-    progs = tl.num_programs(0)
-    pid = tl.program_id(0)
-    waves = tiles // progs
-    rem = tiles - waves * progs
-    sk_tiles = tl.where(rem > 0, rem + tl.minimum(waves, STREAM_K - 1) * progs, 0)
-    sk_tiles = tl.where(sk_tiles * k_tiles >= progs, sk_tiles, 0)
-    sk_iters = sk_tiles * k_tiles
-    lo = _share_start(pid, sk_iters, progs)
-    hi = _share_start(pid + 1, sk_iters, progs)
-    first = lo // k_tiles
-    n_seg = tl.where(hi > lo, (hi - 1) // k_tiles - first + 1, 0)     # tiles this share touches
-    n_dp = tl.maximum(tiles - sk_tiles - pid + progs - 1, 0) // progs   # whole tiles after the share
-    for u in range(0, n_seg + n_dp):
-        in_share = u < n_seg
-        tile = tl.where(in_share, first + u, sk_tiles + pid + (u - n_seg) * progs)
-        k_lo = tl.where(in_share, tl.maximum(lo - tile * k_tiles, 0), 0)
-        k_hi = tl.where(in_share, tl.minimum(hi - tile * k_tiles, k_tiles), k_tiles)
+        step = tiles
+    # one loop form for both grids: on Triton 3.6 the single-trip loop compiled 256x128x64 tiles ~15-20%
+    # faster than straight-line code (sweeps 1 and 2, docs/performance.md)
+    for tile in range(tl.program_id(0), tiles, step):
         pid_m, pid_n = _grouped_tile(tile, num_m, num_n, GROUP_M)
         acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
-                                         stride_zg, stride_sg, pid_m, pid_n, k_lo, k_hi, GROUP_SIZE,
-                                         HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST_DOT, TRANS)
-        if (k_lo == 0) & (k_hi == k_tiles):
-            _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile, stride_om, 1,
-                        HAS_BIAS)
-        else:
-            _stream_k_fixup(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, pid_m, offs_n, M, N, stride_om, tile,
-                            pid, lo, sk_iters, progs, k_tiles, BLOCK_M, BLOCK_N, HAS_BIAS)
-
-
-@triton.jit
-def _stream_k_fixup(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, pid_m, offs_n, M, N, stride_om, tile, pid, lo,
-                    sk_iters, progs, k_tiles, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HAS_BIAS: tl.constexpr):
-    """One share's fp32 partial of a tile split between programs: stored to the program's own workspace
-    slot (slot 2p: the tile where p's share starts, 2p + 1: the tile where it ends), then a per-tile
-    ticket.  The program that draws the last ticket -- whichever arrives last, so nothing waits -- sums
-    every contributor's slot in program order (the same order whoever finishes: the result is
-    deterministic), writes the output tile once, and re-zeroes the slots and the ticket, so the workspace
-    is left as zeroed as the split-K kernels expect.  Ordering (as ``decode._finish``): each thread releases
-    its own slot stores at gpu scope (a no-op release add), then the CTA barrier, then one thread's acq_rel
-    ticket; the finisher's threads each acquire (a no-op acquire add) and read the slots at L2."""
-    SLOT: tl.constexpr = BLOCK_M * BLOCK_N
-    # rows the finisher sums and writes at a time: keeps the sum's registers small
-    if BLOCK_M > 32:
-        FIX_ROWS: tl.constexpr = 32
-    else:
-        FIX_ROWS: tl.constexpr = BLOCK_M
-    if BLOCK_M * BLOCK_N > 2048:
-        PROBE_ROWS: tl.constexpr = 2048 // BLOCK_N
-    else:
-        PROBE_ROWS: tl.constexpr = BLOCK_M
-    rows = tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    start = tile * k_tiles
-    mine = 2 * pid + (lo < start).to(tl.int32)
-    tl.store(ws_ptr + mine * SLOT + rows[:, None] * BLOCK_N + cols[None, :], acc)
-    # every thread's stores performed at gpu scope before the ticket: one no-op release add per thread (a
-    # [PROBE_ROWS, BLOCK_N] block of >= 2048 words gives each of up to 512 threads its own words), as the
-    # split-K epilogue does.  Without it (the CTA barrier and one thread's acq_rel ticket only) the H200
-    # gave errors of ~0.5 and relaunches that differed (docs/performance.md, 2026-12-01 evening)
-    probe = ws_ptr + mine * SLOT + tl.arange(0, PROBE_ROWS)[:, None] * BLOCK_N + cols[None, :]
-    tl.atomic_add(probe, tl.zeros((PROBE_ROWS, BLOCK_N), dtype=tl.float32), sem="release")
-    tl.debug_barrier()
-    # contributors: the programs whose shares hold the tile's first and last iterations, and all between
-    c_first = ((start + 1).to(tl.int64) * progs + sk_iters - 1) // sk_iters - 1
-    c_last = ((start + k_tiles).to(tl.int64) * progs + sk_iters - 1) // sk_iters - 1
-    c_first = c_first.to(tl.int32)
-    c_last = c_last.to(tl.int32)
-    ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
-    if ticket == c_last - c_first:
-        # and every thread's reads after it: one no-op acquire add per thread, then the slots at L2
-        tl.atomic_add(probe, tl.zeros((PROBE_ROWS, BLOCK_N), dtype=tl.float32), sem="acquire")
-        mask_n = offs_n < N
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        for r in range(0, BLOCK_M, FIX_ROWS):
-            sub = r + tl.arange(0, FIX_ROWS)
-            local = sub[:, None] * BLOCK_N + cols[None, :]
-            total = tl.zeros((FIX_ROWS, BLOCK_N), dtype=tl.float32)
-            for c in range(c_first, c_last + 1):
-                slot = 2 * c + (_share_start(c, sk_iters, progs) < start).to(tl.int32)
-                part = ws_ptr + slot * SLOT + local
-                total += tl.load(part, cache_modifier=".cg")
-                tl.store(part, tl.zeros_like(total))
-            if HAS_BIAS:
-                total = total + bias[None, :]
-            offs_m = pid_m * BLOCK_M + sub
-            mask = (offs_m[:, None] < M) & mask_n[None, :]
-            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
-                     total.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(lock_ptr + tile, 0)
+                                         stride_zg, stride_sg, pid_m, pid_n, tl.program_id(1), GROUP_SIZE,
+                                         HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
+        _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
+                    stride_om, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit

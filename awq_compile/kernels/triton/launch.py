@@ -18,7 +18,7 @@ __all__ = ["run", "launch", "reserve_workspace", "RESERVE_ROWS"]
 
 
 class _Workspace:
-    """Per-device fp32 split-K / Stream-K workspace and tile tickets, kept zeroed by the kernels themselves."""
+    """Per-device fp32 split-K workspace and tile tickets, kept zeroed by the kernels themselves."""
 
     def __init__(self):
         self._bufs: dict = {}
@@ -45,8 +45,6 @@ def _workspace() -> _Workspace:
 
 # Split-K is only planned for small M; reserving for this many rows up front keeps the workspace from being
 # (re)allocated inside a CUDA-graph pool (cudagraph trees refuse allocations that outlive a graph).
-# Stream-K (triton_gemm_wide STREAM_K) needs 2 x programs x tile fp32 whatever M and N (35 MB for 256x128
-# tiles on 132 SMs), which this does not cover: no table entry uses it yet; one that does must reserve it.
 RESERVE_ROWS = 256
 
 
