@@ -21,13 +21,13 @@ docs/performance.md and benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime
 import json
-import multiprocessing as mp
 import sys
 
 import torch
+
+from .sweep import precompile, stress, time_config
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -73,57 +73,6 @@ def _run_cfg(spec: str, x, std, out, target):
     return run(kernel, cfg, launch, x, std.qweight, std.qzeros, std.scales, None, out, G, target, interpret=False)
 
 
-def _compile_worker(items):
-    """Compile (spec, dtype) items by launching each once on a small problem (same specialisation)."""
-    from awq_compile.formats import get_format
-    from awq_compile.target import detect
-
-    from .common import random_awq
-
-    target = detect(torch.device("cuda"))
-    res = []
-    for spec, dname in items:
-        dtype = getattr(torch, dname)
-        std = get_format("awq").to_standard(*random_awq(2048, 1024, G, dtype=dtype))
-        x = torch.randn(1, 2048, dtype=dtype, device="cuda")
-        out = torch.empty(1, 1024, dtype=dtype, device="cuda")
-        try:
-            _run_cfg(spec, x, std, out, target)
-            torch.cuda.synchronize()
-            res.append((spec, dname, None))
-        except Exception as e:
-            res.append((spec, dname, f"{type(e).__name__}: {str(e)[:200]}"))
-    return res
-
-
-def precompile(specs: list[str], dtypes: list[str], jobs: int) -> dict:
-    items = [(s, d) for s in specs for d in dtypes]
-    chunks = [items[i::jobs] for i in range(min(jobs, len(items)))]
-    failed = {}
-    with cf.ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("spawn")) as ex:
-        for res in ex.map(_compile_worker, chunks):
-            for spec, dname, err in res:
-                if err:
-                    failed[(spec, dname)] = err
-                    print(f"# compile {spec} {dname} FAILED {err}", flush=True)
-    return failed
-
-
-def _stress(spec, x, std, w64, M, K, N, dtype, target, n, tol) -> dict:
-    out = torch.empty((M, N), dtype=dtype, device="cuda")
-    ref = x.double() @ w64
-    errs, bad = [], 0
-    for i in range(n):
-        xs = torch.randn(M, K, dtype=dtype, device="cuda") if i % 2 else x
-        r_ = ref if xs is x else xs.double() @ w64
-        out.fill_(float("nan"))
-        _run_cfg(spec, xs, std, out, target)
-        e = rel_err(out, r_)
-        errs.append(e)
-        bad += not (e < tol)
-    return dict(launches=n, wrong=bad, max_err=max(errs))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
@@ -144,13 +93,13 @@ def main(argv=None):
     from awq_compile.kernels.registry import select
     from awq_compile.target import detect
 
-    from .common import AWQ, copies_for, copy_bandwidth_gbs, graph_time_us, random_awq
+    from .common import AWQ, copies_for, copy_bandwidth_gbs, graph_time_us, random_awq, rel_err
 
     ms = [int(m) for m in args.ms.split(",")]
     dtypes = args.dtypes.split(",")
     specs = specs_for(args.configs)
     t0 = datetime.datetime.now()
-    failed = precompile(specs, dtypes, args.jobs)
+    failed = precompile(_run_cfg, specs, dtypes, args.jobs, K=2048, N=1024, M=1, G=G)
     print(f"# compiled {len(specs)} configs x {len(dtypes)} dtypes in "
           f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
     dev = torch.cuda.get_device_properties(0)
@@ -196,35 +145,20 @@ def main(argv=None):
                     if (spec, dname) in failed:
                         continue
                     row = dict(base, cfg=spec)
-                    out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
-                    try:
-                        _run_cfg(spec, x, std[0], out, target)
-                        torch.cuda.synchronize()
-                        row["err"] = err = rel_err(out, ref)
-                        if not err < tol:
-                            print(f"    {spec:34s} WRONG err={err:.2e}", flush=True)
-                            rows.append(row)
-                            continue
-                        outs = [torch.empty((M, N), dtype=dtype, device="cuda") for _ in std]
-                        us = graph_time_us([(lambda w=w, o=o: _run_cfg(spec, x, w, o, target))
-                                            for w, o in zip(std, outs)])
-                    except Exception as ex:
-                        row["error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
-                        print(f"    {spec:34s} FAILED {row['error']}", flush=True)
-                        rows.append(row)
-                        continue
-                    row["us"] = us
                     rows.append(row)
+                    us = time_config(_run_cfg, spec, x, std, ref, M, N, dtype, tol, target, row, 34)
+                    if us is None:
+                        continue
                     timed.append(row)
                     print(f"    {spec:34s} {us:7.2f} us  ({us / ours:4.2f}x ours, {us / sb:4.2f}x same-bytes)  "
-                          f"err {err:.1e}", flush=True)
+                          f"err {row['err']:.1e}", flush=True)
                 if timed and args.stress:
                     best = min(r["us"] for r in timed)
                     for row in timed:
                         split = parse(row["cfg"])[1].get("SPLIT_K", 1)
                         if row["us"] == best or (split > 1 and row["us"] <= 1.05 * best):
-                            row["stress"] = st = _stress(row["cfg"], x, std[0], w64, M, K, N, dtype, target,
-                                                         args.stress, tol)
+                            row["stress"] = st = stress(_run_cfg, row["cfg"], x, std[0], w64, M, K, N, dtype,
+                                                        target, args.stress, tol)
                             print(f"  stress {row['cfg']}: {st['launches']} launches, {st['wrong']} wrong, "
                                   f"max err {st['max_err']:.2e}", flush=True)
             del srcs, std, fp16, same, w64
@@ -244,12 +178,6 @@ def main(argv=None):
         print(f"{dn:8s} {K}x{N:<6} M={M:3d} | {o:7.2f} {c:7.2f} {s:7.2f} | "
               + (f"{b['us']:7.2f} {b['us'] / o:4.2f}x ours  {b['cfg']}  stress {b.get('stress')}" if b else "-"))
     return 0
-
-
-def rel_err(y, ref) -> float:
-    from .common import rel_err as _rel
-
-    return _rel(y, ref)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ x = XPERM for the plane GEMM).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime
 import json
-import multiprocessing as mp
 import sys
 
 import torch
+
+from .sweep import precompile, stress, time_config
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -87,42 +87,6 @@ def _run_cfg(spec: str, x, std, out, target):
                interpret=False)
 
 
-def _compile_worker(items):
-    """Compile (spec, dtype) items by launching each once on a small problem (same specialisation)."""
-    from awq_compile.formats import get_format
-    from awq_compile.target import detect
-
-    from .common import random_awq
-
-    target = detect(torch.device("cuda"))
-    res = []
-    for spec, dname in items:
-        dtype = getattr(torch, dname)
-        std = get_format("awq").to_standard(*random_awq(512, 512, G, dtype=dtype))
-        x = torch.randn(64, 512, dtype=dtype, device="cuda")
-        out = torch.empty(64, 512, dtype=dtype, device="cuda")
-        try:
-            _run_cfg(spec, x, std, out, target)
-            torch.cuda.synchronize()
-            res.append((spec, dname, None))
-        except Exception as e:
-            res.append((spec, dname, f"{type(e).__name__}: {str(e)[:200]}"))
-    return res
-
-
-def precompile(specs: list[str], dtypes: list[str], jobs: int) -> dict:
-    items = [(s, d) for s in specs for d in dtypes]
-    chunks = [items[i::jobs] for i in range(min(jobs, len(items)))]
-    failed = {}
-    with cf.ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("spawn")) as ex:
-        for res in ex.map(_compile_worker, chunks):
-            for spec, dname, err in res:
-                if err:
-                    failed[(spec, dname)] = err
-                    print(f"# compile {spec} {dname} FAILED {err}", flush=True)
-    return failed
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
@@ -149,7 +113,7 @@ def main(argv=None):
     dtypes = args.dtypes.split(",")
     all_specs = sorted({s for M in ms for s in configs_for(M, args.configs)})
     t0 = datetime.datetime.now()
-    failed = precompile(all_specs, dtypes, args.jobs)
+    failed = precompile(_run_cfg, all_specs, dtypes, args.jobs, K=512, N=512, M=64, G=G)
     print(f"# compiled {len(all_specs)} configs x {len(dtypes)} dtypes in "
           f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
     dev = torch.cuda.get_device_properties(0)
@@ -185,45 +149,21 @@ def main(argv=None):
                 for spec in configs_for(M, args.configs):
                     if (spec, dname) in failed:
                         continue
-                    out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
                     row = dict(base, cfg=spec)
-                    try:
-                        _run_cfg(spec, x, std[0], out, target)
-                        torch.cuda.synchronize()
-                        row["err"] = err = rel_err(out, ref)
-                        if not err < tol:
-                            print(f"    {spec:26s} WRONG err={err:.2e}", flush=True)
-                            rows.append(row)
-                            continue
-                        outs = [torch.empty((M, N), dtype=dtype, device="cuda") for _ in std]
-                        us = graph_time_us([(lambda w=w, o=o: _run_cfg(spec, x, w, o, target))
-                                            for w, o in zip(std, outs)])
-                    except Exception as e:
-                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                        print(f"    {spec:26s} FAILED {row['error']}", flush=True)
-                        rows.append(row)
-                        continue
-                    row["us"] = us
                     rows.append(row)
+                    us = time_config(_run_cfg, spec, x, std, ref, M, N, dtype, tol, target, row, 26)
+                    if us is None:
+                        continue
                     print(f"    {spec:26s} {us:8.2f} us  ({us / cub:4.2f}x cuBLAS, {us / ours:4.2f}x ours)  "
-                          f"err {err:.1e}", flush=True)
+                          f"err {row['err']:.1e}", flush=True)
                     if best is None or us < best[0]:
                         best = (us, spec, row)
                 if best is not None and args.stress:
                     us, spec, row = best
-                    out = torch.empty((M, N), dtype=dtype, device="cuda")
-                    errs, bad = [], 0
-                    for i in range(args.stress):
-                        xs = torch.randn(M, K, dtype=dtype, device="cuda") if i % 2 else x
-                        r_ = ref if xs is x else xs.double() @ w64
-                        out.fill_(float("nan"))
-                        _run_cfg(spec, xs, std[0], out, target)
-                        e = rel_err(out, r_)
-                        errs.append(e)
-                        bad += not (e < tol)
-                    row["stress"] = dict(launches=args.stress, wrong=bad, max_err=max(errs))
+                    row["stress"] = st = stress(_run_cfg, spec, x, std[0], w64, M, K, N, dtype, target, args.stress,
+                                                tol)
                     print(f"  best {dname} {K}x{N} M={M}: {spec} {us:.2f} us ({us / cub:.2f}x cuBLAS); stress "
-                          f"{args.stress}: {bad} wrong, max err {max(errs):.2e}", flush=True)
+                          f"{st['launches']}: {st['wrong']} wrong, max err {st['max_err']:.2e}", flush=True)
             del srcs, std, fp16, w64
             torch.cuda.empty_cache()
     if args.json:
