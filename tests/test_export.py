@@ -21,10 +21,10 @@ from _util import rel_err
 
 
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.up = AwqLinear.from_float(nn.Linear(64, 128, bias=True), group_size=32, dtype=torch.float32)
-        self.down = AwqLinear.from_float(nn.Linear(128, 64), group_size=32, dtype=torch.float32)
+        self.up = AwqLinear.from_float(nn.Linear(64, 128, bias=True), group_size=32, dtype=dtype)
+        self.down = AwqLinear.from_float(nn.Linear(128, 64), group_size=32, dtype=dtype)
 
     def forward(self, x):
         return self.down(torch.relu(self.up(x)))
@@ -90,7 +90,7 @@ def test_cpu_export_packages_plain_aten_and_runs_without_awq_compile(dtype, tmp_
     from _aoti_runner import run as run_package
 
     torch.manual_seed(11 if dtype == torch.float32 else 12)
-    net = Net() if dtype == torch.float32 else BfNet()
+    net = Net(dtype)
     x = torch.randn(3, 64, dtype=dtype)
     M = torch.export.Dim("M", min=2, max=1024)
     result = awq_compile.export(net, (x,), package_path=str(tmp_path / "net.pt2"), dynamic_shapes={"x": {0: M}})
@@ -109,16 +109,6 @@ def test_cpu_export_packages_plain_aten_and_runs_without_awq_compile(dtype, tmp_
     outs, _ = run_package(result.package_path, xs, tmp_path, f"cpu_{dtype}")
     for m, xm in xs.items():
         assert rel_err(outs[m], _reference(net, xm)) < (1e-5 if dtype == torch.float32 else 1e-2), m
-
-
-class BfNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = AwqLinear.from_float(nn.Linear(64, 128, bias=True), group_size=32, dtype=torch.bfloat16)
-        self.down = AwqLinear.from_float(nn.Linear(128, 64), group_size=32, dtype=torch.bfloat16)
-
-    def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
 
 
 def test_export_without_package_gives_the_rewritten_program(net):
