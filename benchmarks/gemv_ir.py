@@ -14,24 +14,14 @@ import sys
 
 
 def facts(spec: str, target: str, K: int, N: int, dtype: str) -> dict:
-    import triton
-    from triton.compiler import ASTSource, make_backend
-
     from awq_compile.kernels import aot
-    from awq_compile.kernels.specs import get_spec
     from awq_compile.target import Target
 
     from .gemv_sweep import parse
+    from .wide_ir import compile_one
 
     kernel, values = parse(spec)
-    cfg, launch = get_spec(kernel).parse(values, spec, backend="cuda", table=False)
-    req = aot.AotRequest.make(kernel, cfg, target, launch=launch, act_dtype=dtype, K=K, N=N)
-    fn, vals, constexprs, options = aot._planned(req)
-    sig, ints = aot._signature(fn, vals, constexprs)
-    t = Target.parse(target)
-    gpu = t.to_triton()
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=aot._attrs(make_backend(gpu), t, sig, ints))
-    c = triton.compile(src, target=gpu, options=options)
+    c = compile_one(values, Target.parse(target), dtype, M=None, K=K, N=N, kernel=kernel)
     ttgir, ptx = c.asm["ttgir"], c.asm["ptx"]
     stats = aot._cuda_stats(c)
     return dict(spec=spec, regs=stats["registers"], spills=stats["spills"], shared=int(c.metadata.shared),

@@ -24,12 +24,15 @@ DEFAULT = ("128x256x64:8:3", "128x256x64:8:4", "128x128x128:8:3", "256x128x64:8:
 
 
 def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336, kernel="triton_gemm_wide"):
+    """AOT-compile ``kernel`` with table keys ``cfg`` for ``target``; M specialises the launch's M argument
+    (None: the planned problem's own)."""
     import triton
     from triton.compiler import ASTSource, make_backend
 
     req = AotRequest.make(kernel, cfg, str(target), act_dtype=act_dtype, K=K, N=N)
     fn, values, constexprs, options = _planned(req)
-    values["M"] = M
+    if M is not None:
+        values["M"] = M
     sig, ints = _signature(fn, values, constexprs)
     gpu = target.to_triton()
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=_attrs(make_backend(gpu), target, sig, ints))
