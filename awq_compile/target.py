@@ -1,8 +1,8 @@
 """The hardware a compile is for, as a plain value.
 
 A :class:`Target` names a backend and an architecture -- ``cpu``, ``cuda:sm90``, ``hip:gfx942`` -- and
-answers the questions kernel selection and tuning ask of it (wave size, shared/LDS memory, matrix-unit
-kind, whether Triton can compile for it).  Nothing here reads the host: :func:`detect` is the one
+answers the questions kernel selection and tuning ask of it (wave size, shared/LDS memory, SM/CU count,
+matrix-unit kind, whether Triton can compile for it).  Nothing here reads the host: :func:`detect` is the one
 function that looks at the running torch: the backend calls it once when it resolves its options, and
 the custom op once per device it meets, to check that device against the plan's target.
 :func:`interpreter_active` is the other host fact (is Triton's interpreter on?); the run-time launcher
@@ -53,6 +53,18 @@ _HIP_ARCHS = {
     "gfx1200": (32, 65536, "wmma", True),
     "gfx1201": (32, 65536, "wmma", True),
 }
+
+# Streaming multiprocessors (NVIDIA) / compute units (AMD) of each architecture's reference part (the one
+# its tables were tuned on, else the largest common part): the programs of a persistent or Stream-K grid.
+# A part of the same architecture with fewer units (H100 PCIe: 114) still computes the right result;
+# the programs beyond its count then run as a short second wave.  Sources: vendor datasheets.
+_COMPUTE_UNITS = {
+    "sm80": 108, "sm86": 84, "sm87": 16, "sm89": 142, "sm90": 132, "sm100": 148, "sm103": 148, "sm120": 170,
+    "sm121": 48,
+    "gfx908": 120, "gfx90a": 110, "gfx942": 304, "gfx950": 256, "gfx1030": 80, "gfx1100": 96, "gfx1101": 60,
+    "gfx1102": 32, "gfx1150": 16, "gfx1151": 40, "gfx1200": 32, "gfx1201": 64,
+}
+_FAMILY_UNITS = {"cuda": 132, "cdna": 304, "rdna": 96}
 
 KNOWN_TARGETS = ("cpu",) + tuple(f"cuda:{a}" for a in _CUDA_ARCHS) + tuple(f"hip:{a}" for a in _HIP_ARCHS)
 # The targets CI proves by ahead-of-time compilation (issue 3).
@@ -164,6 +176,15 @@ class Target:
         if self.backend == "hip":
             return _HIP_ARCHS.get(self.arch, (0, 0, None))[2]
         return None
+
+    @property
+    def compute_units(self) -> int:
+        """SMs (NVIDIA) or CUs (AMD) of the architecture's reference part (H100/H200 SXM: 132; MI300X: 304),
+        an explicit fact of the target (never read from the host): what a persistent grid is sized to;
+        0 for cpu."""
+        if self.backend == "cpu":
+            return 0
+        return _COMPUTE_UNITS.get(self.arch, _FAMILY_UNITS.get(self.family, 132))
 
     def triton_support(self) -> str | None:
         """None when our Triton kernels can be compiled for this target, else the reason they cannot."""

@@ -54,6 +54,14 @@ def test_architecture_facts(spec, wave, lds, unit, family):
     assert (t.wave_size, t.warp_size, t.shared_memory, t.matrix_unit, t.family) == (wave, wave, lds, unit, family)
 
 
+def test_compute_units_are_facts_of_the_architecture():
+    # what persistent / Stream-K grids are sized to (the reference part of each arch), never read from a host
+    units = {s: Target.parse(s).compute_units for s in ("cuda:sm80", "cuda:sm90", "hip:gfx942", "hip:gfx950", "cpu")}
+    assert units == {"cuda:sm80": 108, "cuda:sm90": 132, "hip:gfx942": 304, "hip:gfx950": 256, "cpu": 0}
+    assert all(Target.parse(s).compute_units > 0 for s in CI_TARGETS)
+    assert Target.parse("hip:gfx9ff").compute_units == 304 and Target.parse("cuda:sm99").compute_units == 132
+
+
 @pytest.mark.parametrize("spec", CI_TARGETS)
 def test_ci_targets_are_triton_targets(spec):
     t = Target.parse(spec)
