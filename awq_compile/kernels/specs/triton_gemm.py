@@ -62,4 +62,5 @@ def plan(cfg: GemmConfig, launch, problem, target, interpret: bool) -> LaunchPla
 
 
 SPECS = (KernelSpec("triton_gemm", "Triton tiled fused W4A16 GEMM on the matrix units, optional split-K",
-                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmConfig, plan=plan, matrix_units=True),)
+                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmConfig, plan=plan, matrix_units=True,
+                    layouts=("standard", "kplanes")),)

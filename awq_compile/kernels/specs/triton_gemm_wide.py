@@ -66,4 +66,4 @@ def plan(cfg: GemmWideConfig, launch, problem, target, interpret: bool) -> Launc
 SPECS = (KernelSpec("triton_gemm_wide", "Triton fused W4A16 GEMM for prefill M: wide tiles, 16-bit decode of "
                     "the whole K tile, one dot per K tile, optional persistent grid",
                     ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmWideConfig, plan=plan,
-                    matrix_units=True),)
+                    matrix_units=True, layouts=("standard", "kplanes")),)
