@@ -36,6 +36,19 @@ KERNELS = {"gemv": "triton_gemv", "stream": "triton_gemv_stream"}
 SETS = {
     # the shipped M = 1 configs (sm90 "3.6" table before this work), timed as configs
     "shipped": ("gemv:1024x32:w4:sk32:fma", "gemv:256x32:w2:sk32", "stream:256x128:w4:sk16"),
+    # 2026-12-01 night: a grid over the GEMV's tile, K tile, warps, split and decode for the decode's own
+    # shapes (merged qkv 4096x6144, o 4096x4096, merged gate/up 4096x28672, down 14336x4096)
+    "grid1": tuple(
+        [f"gemv:256x{bk}:w{w}:sk{sk}{f}" for bk in (32, 64, 128) for w in (1, 2, 4) for sk in (16, 32)
+         for f in ("", ":fma")]
+        + [f"gemv:512x{bk}:w{w}:sk{sk}{f}" for bk in (32, 64) for w in (2, 4) for sk in (16, 32)
+           for f in ("", ":fma")]
+        + [f"gemv:128x{bk}:w{w}:sk32{f}" for bk in (32, 64, 128) for w in (1, 2) for f in ("", ":fma")]
+        + ["gemv:1024x32:w8:sk32:fma", "gemv:1024x32:w4:sk16:fma", "stream:256x64:w2:sk16", "stream:512x64:w4:sk8"]),
+    # one group per program on the long-K shapes (14336x4096: 112 groups, 8192x8192: 64), as 4096x14336 runs
+    "grid2": tuple(
+        [f"gemv:{bn}x128:w{w}:sk{sk}:fma" for bn in (128, 256) for w in (1, 2) for sk in (56, 64, 112)]
+        + [f"gemv:256x32:w2:sk{sk}" for sk in (56, 64, 112)] + [f"gemv:512x32:w4:sk{sk}:fma" for sk in (56, 64, 112)]),
 }
 
 

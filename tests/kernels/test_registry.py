@@ -278,8 +278,11 @@ def test_a_table_entry_names_the_variant_kernel_that_runs():
     assert e.kernel == "triton_gemm_planes" and e.config.XPERM and e.config.BLOCK_K == 128
     assert "M 5..16: triton_gemm_planes 16x128x128 sk4 xperm w4 st3" in plan.describe()
     assert plan.entry_for(1).kernel in ("triton_gemv", "triton_gemv_stream")
-    # K=14336 takes the streaming GEMV (K_MIN=14336) -- a shape filter, not a switch in the config
-    wide = select(Problem(14336, 4096, 128, True, "float16"), t)
+    # shape filters, not switches in the config: K=14336 N<=4096 takes the one-group-per-program GEMV
+    # (K_MIN=K_MAX=14336, N_MAX=4096), a wider N the streaming GEMV (K_MIN=14336)
+    down = select(Problem(14336, 4096, 128, True, "float16"), t).entry_for(1)
+    assert down.kernel == "triton_gemv" and down.config.SPLIT_K == 112
+    wide = select(Problem(14336, 8192, 128, True, "float16"), t)
     assert wide.entry_for(1).kernel == "triton_gemv_stream"
     assert "K_MIN" in dict(plan.rejected)["triton_gemv_stream"]
     # a group the plane kernel cannot take falls to the next entry of the same bucket
