@@ -25,6 +25,7 @@ PATHS = [
     ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
     ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),
     ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, FMA_DECODE=1)),
+    ("triton_gemv", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, SPLIT_K=3, FMA_DECODE=1)),
     ("triton_gemv", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1)),
     ("triton_gemv_stream", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, SPLIT_K=2)),
     ("triton_gemv_stream", dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1)),
