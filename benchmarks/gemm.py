@@ -222,9 +222,9 @@ def main(argv=None):
             K, N = (int(v) for v in spec.split("x"))
             rows += bench_shape(K, N, [int(m) for m in args.ms.split(",")], columns,
                                 log=lambda *a: print(*a, flush=True), dtype=getattr(torch, dname), peers=peers)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            if args.json:       # after every shape: a run cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(dict(meta=meta, rows=rows), f, indent=1)
     # summary table: µs per column, then ours vs cuBLAS and ours' share of copy bandwidth
     print(f"\ncopy {meta['copy_gbs']:.0f} GB/s, fp16 GEMM {meta['fp16_gemm_tflops']:.0f} TFLOP/s, {meta['device']}")
     print("shape       dtype    M      " + "".join(f"{c:>10s}" for c in columns)
