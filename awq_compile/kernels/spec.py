@@ -235,6 +235,8 @@ class LaunchPlan:
     options: dict
     arguments: Callable[[Operands], tuple]
     x_regroup: int = 0                            # > 0: regroup each K tile of x (BLOCK_K) plane by plane
+    x_kplanes: int = 0                            # > 0: kplanes weight, K tiles of this BLOCK_K < 128: regroup x
+                                                  # so each tile's columns come in its plane-major decode order
     workspace: tuple | None = None                # split-K / stripe: (fp32 elements, tile tickets)
     workspace_kind: str = "atomic"                # "atomic": zero-kept (split-K atomics); "slots": the stripe
                                                   # kernel's per-contributor slots (written before read)

@@ -5,8 +5,24 @@ layout, so every kernel its plan can pick -- GEMV (plain and FMA_DECODE), stream
 dequant + matmul path and the stripe kernel -- must read it.  Tiny shapes under the interpreter: K = 256
 or 384 (two or three 128-row blocks; BLOCK_K 32 / 64 / 128 / 256 each meet the permutation differently),
 N = 72 (ragged against every BLOCK_N), fresh random data per case, NaN-poisoned outputs, two calls (split-K
-and stripe workspaces must be left clean).
+and stripe workspaces must be left clean).  The GEMMs with BLOCK_K < 128 read x regrouped by the launch
+(``LaunchPlan.x_kplanes``), so those cases cover that permutation too.
 """
+
+
+def test_gemms_with_k_tiles_below_128_regroup_x_once_per_call():
+    from awq_compile.kernels.problem import Problem
+    from awq_compile.kernels.spec import plan_launch
+
+    for kid, cfg in (("triton_gemm_wide", dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, TRANS=1)),
+                     ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32))):
+        spec = get_spec(kid)
+        config, opts = spec.parse(cfg, kid, backend=None, table=False)
+        p = Problem(4096, 4096, 128, True, "float16", m=256)
+        assert plan_launch(spec, config, opts, p.with_layout("kplanes"), TARGET).x_kplanes == cfg["BLOCK_K"]
+        assert plan_launch(spec, config, opts, p, TARGET).x_kplanes == 0
+        big = spec.parse(dict(cfg, BLOCK_K=128), kid, backend=None, table=False)
+        assert plan_launch(spec, *big, p.with_layout("kplanes"), TARGET).x_kplanes == 0   # contiguous as it is
 
 import pytest
 import torch
@@ -38,6 +54,8 @@ PATHS = [
     ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, TRANS=1)),
     ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, TRANS=1)),
     ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, PERSIST=1)),
+    ("triton_gemm_wide", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, TRANS=1)),
+    ("triton_gemm", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1)),
     ("triton_stripe", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, STAGES=2, PER_SM=1)),
     ("triton_stripe", dict(BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, DOT=0, STAGES=2, PER_SM=1)),
 ]

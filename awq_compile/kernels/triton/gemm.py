@@ -27,8 +27,9 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
                  SCALE_AFTER: tl.constexpr, KPLANES: tl.constexpr = False):
-    """KPLANES: the weight is in the kplanes layout: the tile is decoded plane-major and x read at the
-    K of each decoded row (``decode._kcols``; a contiguous K tile when BLOCK_K = 128)."""
+    """KPLANES: the weight is in the kplanes layout: the tile is decoded plane-major; x is the contiguous
+    K tile for BLOCK_K <= 128 (for BLOCK_K < 128 the launch regroups x into each tile's decode order,
+    ``LaunchPlan.x_kplanes``) and read at each decoded row's K (``decode._kcols``) for BLOCK_K > 128."""
     pid_m, pid_n, num_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
 
@@ -46,7 +47,7 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     w_tile = qw_ptr + offs_k8[:, None] * stride_qk + offs_n[None, :]
     for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
         k0 = t * BLOCK_K
-        if KPLANES:
+        if KPLANES and BLOCK_K > 128:
             a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[None, :], mask=mask_m[:, None], other=0.0)
         else:
             a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)

@@ -61,8 +61,10 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr, KPLANES: tl.constexpr):
     """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over this program's share of K.
-    KPLANES: kplanes weight, decoded plane-major; x is read at each decoded row's K (``decode._kcols``:
-    the contiguous K tile when BLOCK_K = 128, runs of BLOCK_K/8 rows otherwise)."""
+    KPLANES: kplanes weight, decoded plane-major; x is the contiguous K tile when BLOCK_K = 128, also
+    when BLOCK_K < 128 (the launch regroups x into each tile's decode order: ``LaunchPlan.x_kplanes``;
+    read in place, its runs of BLOCK_K/8 rows measured 2.1-2.3x slower on the H200), and read at each
+    decoded row's K (``decode._kcols``, runs of 16 rows) when BLOCK_K > 128."""
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     EXACT_F32: tl.constexpr = UPCAST_DOT or (s_ptr.dtype.element_ty != ACT)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -92,7 +94,7 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
         zq = _zero_codes(qz_ptr, g, offs_n, mask_n, stride_zg, HAS_ZEROS)
         w = _decode_tile(packed, s, _magic16(zq, ACT), BLOCK_K, BLOCK_N, ACT, EXACT_F32, KPLANES)
         if TRANS:
-            if KPLANES and BLOCK_K != 128:
+            if KPLANES and BLOCK_K > 128:
                 a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[:, None], mask=mask_m[None, :], other=0.0)
             else:
                 a = tl.load(x_tile + k0, mask=mask_m[None, :], other=0.0)
@@ -101,7 +103,7 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
             else:
                 acc = tl.dot(tl.trans(w), a, acc)
         else:
-            if KPLANES and BLOCK_K != 128:
+            if KPLANES and BLOCK_K > 128:
                 a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[None, :], mask=mask_m[:, None], other=0.0)
             else:
                 a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)

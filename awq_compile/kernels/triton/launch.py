@@ -82,6 +82,13 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
         M, K = x2d.shape
         bk = plan.x_regroup
         x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
+    if plan.x_kplanes:
+        # kplanes: row 128 t + 16 i + BK8 h + r of block t is nibble i of word row r of K tile h; the kernels
+        # decode a tile plane-major (row i BK8 + r), so x's columns of tile h go in that order -- one copy,
+        # after which every K tile of x is one contiguous (asynchronously copied) load
+        M, K = x2d.shape
+        bk = plan.x_kplanes
+        x2d = x2d.reshape(M, K // 128, 8, 128 // bk, bk // 8).transpose(2, 3).reshape(M, K)     # a copy
     ops = Operands(x2d, qweight, qzeros, scales, bias, out)
     if plan.workspace is not None:
         if workspace is not None:
