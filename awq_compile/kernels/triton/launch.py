@@ -133,9 +133,11 @@ def reserve_for_plan(plan, problem: Problem, device) -> None:
     for e in plan.entries:
         hi = e.m_max if e.m_max is not None else RESERVE_ROWS
         if e.config is not None and lo <= RESERVE_ROWS:
+            spec = get_spec(e.kernel)
             for m in range(lo, min(hi, RESERVE_ROWS) + 1):
-                lp = _plan(e.kernel, e.config, e.launch or LaunchOptions(),
-                           problem.with_m(m).with_layout(plan.layout), plan.target, False)
+                # plan_launch itself, not the launcher's cache: these M are not calls, and must not evict them
+                lp = plan_launch(spec, e.config, e.launch or LaunchOptions(),
+                                 problem.with_m(m).with_layout(plan.layout), plan.target)
                 if lp.workspace is not None and lp.workspace_kind == "slots":
                     n, t = need.get("slots", (0, 0))
                     need["slots"] = (max(n, lp.workspace[0]), max(t, lp.workspace[1]))
