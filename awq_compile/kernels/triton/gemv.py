@@ -21,29 +21,35 @@ from .decode import _finish, _krows, _nibble_consts, _plane, _plane_lo, _scale_z
 
 
 @triton.jit
-def _gemv_tile(d, packed, z, x_row, x_rows, xk, mask_m, BLOCK_M: tl.constexpr, FMA_DECODE: tl.constexpr,
-               KPLANES: tl.constexpr):
+def _gemv_tile(d, packed, z, x_row, x_rows, k0, offs_r, mask_m, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+               FMA_DECODE: tl.constexpr, KPLANES: tl.constexpr):
     """Add one K tile of packed words to the GEMV partial ``d``: [BK8, BN] per-thread rows of x * (q - z)
     for BLOCK_M == 1 (``x_row`` points at the row; with FMA_DECODE x * (OFF + q), see ``_plane_lo``),
-    else [BM, BN] sums over the tile (``x_rows`` [BM, 1] row pointers).  ``xk`` [BK8]: the K row of nibble
-    0 of each word row (``decode._krows``; nibble i is ``xk + 16 i`` for kplanes, ``xk + i`` else)."""
+    else [BM, BN] sums over the tile (``x_rows`` [BM, BK8] pointers at word row r's K row ``8 r``, or [BM, 1]
+    row pointers for KPLANES).  KPLANES: nibble i of word row r is K row ``decode._krows[r] + 16 i``."""
     if KPLANES:
-        XI: tl.constexpr = 16
-    else:
-        XI: tl.constexpr = 1
+        xk = _krows(k0, BLOCK_K, True)
     for i in tl.static_range(8):
+        if KPLANES:
+            x1 = x_row + xk + 16 * i
+        else:
+            x1 = x_row + k0 + i + offs_r * 8
         if FMA_DECODE and BLOCK_M == 1:
-            xi = tl.load(x_row + xk + i * XI).to(tl.float32)
+            xi = tl.load(x1).to(tl.float32)
             d += xi[:, None] * _plane_lo(packed, i)                          # x * (OFF + q)
         else:
             SH, P = _nibble_consts(i)
             OFF = 1.0 * (1 << (23 - P))
             w = _plane(packed, i) - (z + OFF)[None, :]                       # [BK8, BN] = q - z
             if BLOCK_M == 1:
-                xi = tl.load(x_row + xk + i * XI).to(tl.float32)
+                xi = tl.load(x1).to(tl.float32)
                 d += xi[:, None] * w
             else:
-                xi = tl.load(x_rows + (xk + i * XI)[None, :], mask=mask_m[:, None], other=0.0).to(tl.float32)
+                if KPLANES:
+                    xm = x_rows + (xk + 16 * i)[None, :]
+                else:
+                    xm = x_rows + (k0 + i)
+                xi = tl.load(xm, mask=mask_m[:, None], other=0.0).to(tl.float32)
                 d += tl.sum(xi[:, :, None] * w[None, :, :], axis=1)
     return d
 
@@ -78,7 +84,10 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     n_groups = K // GROUP_SIZE
     per_split = tl.cdiv(n_groups, SPLIT_K)
     w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
-    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    if KPLANES:
+        x_rows = x_ptr + offs_m[:, None] * stride_xm
+    else:
+        x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * 8
     for g in range(pid_k * per_split, min(n_groups, (pid_k + 1) * per_split)):
         s, z = _scale_zero(qz_ptr, s_ptr, g, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
         if BLOCK_M == 1:
@@ -88,8 +97,8 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
         for sub in range(SUB):  # a run-time loop: one K tile of packed words live at a time (no spills)
             k0 = g * GROUP_SIZE + sub * BLOCK_K
             packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
-            d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, _krows(k0, BLOCK_K, KPLANES), mask_m,
-                           BLOCK_M, FMA_DECODE, KPLANES)
+            d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, k0, offs_r, mask_m, BLOCK_M, BLOCK_K,
+                           FMA_DECODE, KPLANES)
         if BLOCK_M == 1:
             d = tl.sum(d, axis=0)[None, :]
             if FMA_DECODE:
@@ -123,7 +132,10 @@ def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
     t0 = pid_k * per_split
     t1 = min(k_tiles, t0 + per_split)
     w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
-    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    if KPLANES:
+        x_rows = x_ptr + offs_m[:, None] * stride_xm
+    else:
+        x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * 8
     # tile indices are clamped into range (the prefetch past the last tile re-reads it from cache)
     t_first = min(t0, k_tiles - 1)
     nxt = tl.load(w_tile + t_first * BK8 * stride_qk, mask=mask_n[None, :], other=0)
@@ -142,8 +154,8 @@ def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
             d = tl.zeros((BK8, BLOCK_N), dtype=tl.float32)
         else:
             d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, _krows(t * BLOCK_K, BLOCK_K, KPLANES),
-                       mask_m, BLOCK_M, False, KPLANES)
+        d = _gemv_tile(d, packed, z, x_ptr + pid_m * stride_xm, x_rows, t * BLOCK_K, offs_r, mask_m, BLOCK_M,
+                       BLOCK_K, False, KPLANES)
         if BLOCK_M == 1:
             d = tl.sum(d, axis=0)[None, :]
         acc += s[None, :] * d
