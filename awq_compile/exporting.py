@@ -279,6 +279,14 @@ def _rewrite(ep, options):
                              "(aten._weight_int4pack_mm_for_cpu)")
             continue
         plan, note = lay.plan, ""
+        if plan.layout != "standard":
+            # the package holds one packed copy per layer, in the standard layout the triton_op reads: plan
+            # for that layout (a kplanes plan's entries would read the constants wrongly)
+            from .kernels.registry import select
+            from .passes.select_kernels import problem_of
+
+            plan = select(problem_of(m), target, force=plan.force, disabled=plan.disabled, layout="standard")
+            note = f" (standard layout: the table asks for {lay.plan.layout}, which the export does not carry)"
         if "cpu_int4pack" in kernels:   # the dequant path takes any x; torch's int4 matmul a row-major [M, K]
             plan = dataclasses.replace(plan, entries=(PlanEntry(None, "torch_dequant"),))
             note = " (cpu_int4pack needs a row-major 2-D input, which this layer's is not)"

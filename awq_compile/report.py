@@ -27,6 +27,8 @@ class LayerReport:
     graph: int = 0
     node: str = ""
     configs: dict = dataclasses.field(default_factory=dict)   # "M lo..hi" -> kernel with its config
+    layout: str = "standard"         # the packed layout the weight is prepared in (Plan.layout)
+    layout_note: str = ""            # how it was decided (why standard where the table asked for kplanes)
 
 
 @dataclasses.dataclass
@@ -48,6 +50,7 @@ class MergeReport:
     kernel: str                      # kernel for the M seen while explaining
     kernels: dict                    # "M lo..hi" -> kernel id, the whole plan of the merged problem
     graph: int = 0
+    layout: str = "standard"
 
 
 @dataclasses.dataclass
@@ -77,11 +80,22 @@ class Report:
                 for (k, why), names in rejected.items():
                     who = names[0] if len(names) == 1 else f"{len(names)} layers"
                     lines.append(f"  {k} ({who}): {why}")
+            notes = {}
+            for lay in self.layers:
+                if lay.layout_note:
+                    notes.setdefault(lay.layout_note, []).append(lay.name)
+            if notes:
+                # only where a table asked for a layout other than standard: one line per decision
+                lines.append("weight layout (one packed copy per layer):")
+                for why, names in notes.items():
+                    who = names[0] if len(names) == 1 else f"{len(names)} layers"
+                    lines.append(f"  {who}: {why}")
             if self.merged:
                 lines.append("merged (one launch each, outputs split as views):")
                 for g in self.merged:
                     plan = ", ".join(f"{m}: {k}" for m, k in g.kernels.items())
-                    lines.append(f"  {g.name} [{g.in_features} -> {g.out_features}]: {g.kernel}; plan {plan}")
+                    weights = "" if g.layout == "standard" else f" ({g.layout} weights)"
+                    lines.append(f"  {g.name} [{g.in_features} -> {g.out_features}]{weights}: {g.kernel}; plan {plan}")
             if any(not lay.exact for lay in self.layers):
                 lines.append("~ verified equal within floating-point rounding (the graph rounds differently)")
         if self.skipped:

@@ -9,6 +9,9 @@ median over graph replays is divided by R.  Columns:
 
 * ``ours``     -- ``torch.ops.awq_compile.w4a16_linear`` on AWQ-format tensors, with the plan
                   ``registry.select`` makes for the detected target (what the backend bakes into graphs);
+* ``ours_std`` -- the same op with the plan made for the ``standard`` weight layout (``select(...,
+                  layout="standard")``): on a target whose table asks for ``kplanes`` (sm90), what the plan
+                  would be without the layout decision -- the "before" of that change, in the same process;
 * ``cublas``   -- fp16 ``x @ W`` on the dequantised weight (torch.matmul -> cuBLAS);
 * ``tinygemm`` -- ``torch._weight_int4pack_mm`` (bf16 activations, its own packing made by
                   ``torch._convert_weight_to_int4pack``);
@@ -102,6 +105,10 @@ def bench_shape(K, N, ms, columns, log=print, dtype=torch.float16, peers=None):
     enc = plan.encode()
     log(f"# {K}x{N} {dname}: R={R} AWQ copies ({R * K * N / 2 / 1e6:.0f} MB of codes); plan on {target}: "
         f"{plan.describe()}")
+    plan_std = select(Problem(K, N, G, True, dname), target, layout="standard")
+    enc_std = plan_std.encode()
+    if "ours_std" in columns:
+        log(f"#   ours_std plan: {plan_std.describe()}")
     w_bytes = K * N // 2 + (K // G) * N * 2 + (K // G) * N // 2       # codes + fp16 scales + packed zeros
     fp16 = None
     if "cublas" in columns:
@@ -122,7 +129,8 @@ def bench_shape(K, N, ms, columns, log=print, dtype=torch.float16, peers=None):
         x = torch.randn(M, K, dtype=dtype, device="cuda")
         ref = x.double() @ w64
         row = dict(K=K, N=N, M=M, R=R, dtype=dname, plan_kernel=plan.entry_for(M).kernel,
-                   plan_config=plan.entry_for(M).config_dict)
+                   plan_config=plan.entry_for(M).config_dict, layout=plan.layout,
+                   std_kernel=plan_std.entry_for(M).kernel, std_config=plan_std.entry_for(M).config_dict)
         flops = 2.0 * M * K * N
 
         def record(name, calls, check, nbytes, ref_=ref):
@@ -139,6 +147,10 @@ def bench_shape(K, N, ms, columns, log=print, dtype=torch.float16, peers=None):
             op = torch.ops.awq_compile.w4a16_linear
             calls = [(lambda s=s: op(x, s[0], s[1], s[2], None, [], "bench", "awq", G, enc, "")) for s in srcs]
             record("ours", calls, calls[0], w_bytes)
+        if "ours_std" in columns:
+            op = torch.ops.awq_compile.w4a16_linear
+            calls = [(lambda s=s: op(x, s[0], s[1], s[2], None, [], "bench", "awq", G, enc_std, "")) for s in srcs]
+            record("ours_std", calls, calls[0], w_bytes)
         if fp16 is not None:
             calls = [(lambda w=w: x @ w) for w in fp16]
             record("cublas", calls, calls[0], K * N * 2)
@@ -210,9 +222,9 @@ def main(argv=None):
             K, N = (int(v) for v in spec.split("x"))
             rows += bench_shape(K, N, [int(m) for m in args.ms.split(",")], columns,
                                 log=lambda *a: print(*a, flush=True), dtype=getattr(torch, dname), peers=peers)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            if args.json:       # after every shape: a run cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(dict(meta=meta, rows=rows), f, indent=1)
     # summary table: µs per column, then ours vs cuBLAS and ours' share of copy bandwidth
     print(f"\ncopy {meta['copy_gbs']:.0f} GB/s, fp16 GEMM {meta['fp16_gemm_tflops']:.0f} TFLOP/s, {meta['device']}")
     print("shape       dtype    M      " + "".join(f"{c:>10s}" for c in columns)

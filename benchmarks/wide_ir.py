@@ -1,7 +1,8 @@
 """What Triton emits for ``triton_gemm_wide`` on a GPU target (no GPU needed): the dot's operand kinds,
 the wgmma waits, async copies, shared-memory round trips, registers and spills.
 
-``python -m benchmarks.wide_ir [--target cuda:sm90] [--configs BMxBNxBK:warps:stages[:t][:p],...] [--dump DIR]``
+``python -m benchmarks.wide_ir [--target cuda:sm90] [--configs BMxBNxBK:warps:stages[:t][:p],...] [--dump DIR]
+[--layouts standard,kplanes]``  (``--layouts``: compile each config for each weight layout, side by side)
 
 ``warp_group_dot`` lines are classified by operand A: ``reg`` (a ``tensor<..., #dot_op>``, register-A
 wgmma) or ``smem`` (a ``!ttg.memdesc``); ``waits`` lists the ``pendings`` of every
@@ -23,13 +24,14 @@ DEFAULT = ("128x256x64:8:3", "128x256x64:8:4", "128x128x128:8:3", "256x128x64:8:
            "64x128x128:4:4", "128x256x64:8:3:t", "64x256x64:8:3:t", "128x256x64:8:3:p1")
 
 
-def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336, kernel="triton_gemm_wide"):
-    """AOT-compile ``kernel`` with table keys ``cfg`` for ``target``; M specialises the launch's M argument
-    (None: the planned problem's own)."""
+def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N=14336, kernel="triton_gemm_wide",
+                layout="standard"):
+    """AOT-compile ``kernel`` with table keys ``cfg`` for ``target`` and the weight ``layout``; M specialises
+    the launch's M argument (None: the planned problem's own)."""
     import triton
     from triton.compiler import ASTSource, make_backend
 
-    req = AotRequest.make(kernel, cfg, str(target), act_dtype=act_dtype, K=K, N=N)
+    req = AotRequest.make(kernel, cfg, str(target), act_dtype=act_dtype, K=K, N=N, layout=layout)
     fn, values, constexprs, options = _planned(req)
     if M is not None:
         values["M"] = M
@@ -67,20 +69,23 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--kernel", default="triton_gemm_wide")
     ap.add_argument("--dump", default=None, help="write each config's TTGIR and PTX here")
+    ap.add_argument("--layouts", default="standard", help="weight layouts to compile each config for")
     args = ap.parse_args(argv)
     target = Target.parse(args.target)
     import triton
     print(f"triton {triton.__version__}, target {target}")
-    for spec in args.configs.split(","):
+    runs = [(spec, layout) for spec in args.configs.split(",") for layout in args.layouts.split(",")]
+    for spec, layout in runs:
+        name = spec if layout == "standard" else f"{spec} {layout}"
         try:
-            c = compile_one(parse(spec), target, args.dtype, kernel=args.kernel)
+            c = compile_one(parse(spec), target, args.dtype, kernel=args.kernel, layout=layout)
         except Exception as e:  # a compile failure is a finding
-            print(f"{spec:24s} FAILED {type(e).__name__}: {str(e)[-300:]}")
+            print(f"{name:24s} FAILED {type(e).__name__}: {str(e)[-300:]}")
             continue
-        print(f"{spec:24s} " + " ".join(f"{k}={v}" for k, v in summarise(c).items()), flush=True)
+        print(f"{name:24s} " + " ".join(f"{k}={v}" for k, v in summarise(c).items()), flush=True)
         if args.dump:
             os.makedirs(args.dump, exist_ok=True)
-            base = os.path.join(args.dump, spec.replace(":", "_"))
+            base = os.path.join(args.dump, name.replace(":", "_").replace(" ", "_"))
             for kind in ("ttgir", "ptx"):
                 with open(f"{base}.{kind}", "w") as f:
                     f.write(c.asm.get(kind, ""))

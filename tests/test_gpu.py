@@ -49,7 +49,8 @@ def test_demo_model_on_gpu_through_inductor():
     report = awq_compile.explain(model, tokens)
     assert len(report.layers) == 7 * c.layers
     assert {k for lay in report.layers for k in lay.kernels.values()} <= {
-        "triton_gemv", "triton_gemv_stream", "triton_gemm", "triton_gemm_planes", "triton_gemm_wide", "triton_dequant_mm"}
+        "triton_gemv", "triton_gemv_stream", "triton_gemm", "triton_gemm_planes", "triton_gemm_wide", "triton_dequant_mm",
+        "triton_stripe"}
     torch._dynamo.reset()
     with torch.no_grad():
         out = torch.compile(model, backend="awq")(tokens)

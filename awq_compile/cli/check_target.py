@@ -38,7 +38,8 @@ from ..target import CI_TARGETS
 
 __all__ = ["main", "plan_requests", "evaluate", "Finding"]
 
-DEFAULT_SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096))
+# 4096x1024 (a GQA k/v projection): tables with N_MIN filters (sm90's stripe entries) plan other kernels there
+DEFAULT_SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024))
 DEFAULT_GROUPS = (32, 128)
 DEFAULT_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_DTYPES = ("float16", "bfloat16")
@@ -96,7 +97,7 @@ def plan_requests(target, *, shapes=DEFAULT_SHAPES, group_sizes=DEFAULT_GROUPS, 
                             continue
                         req = AotRequest.make(entry.kernel, entry.config, target, launch=entry.launch,
                                               act_dtype=dt, group_size=G,
-                                              has_zeros=zeros, has_bias=bias, K=K, N=N)
+                                              has_zeros=zeros, has_bias=bias, K=K, N=N, layout=plan.layout)
                         f = findings.setdefault(req.dedupe_key(), Finding(req))
                         use = f"{K}x{N} g{G} M{m}"
                         if use not in f.uses:

@@ -1,7 +1,9 @@
 """The one conversion entry: ``convert(weight, to)`` between layouts, always through the unpacked codes.
 
-Routes: any source format -> ``standard`` (row chunks through uint8 codes; see :mod:`.sources`), and
-``standard`` -> ``cpu_int4pack``; a source reaches ``cpu_int4pack`` through ``standard``.
+Routes: any source format -> ``standard`` (row chunks through uint8 codes; see :mod:`.sources`),
+``standard`` -> ``cpu_int4pack`` and ``standard`` -> ``kplanes`` (a permutation of K inside 128-row blocks,
+:mod:`.kplanes`); a source reaches the last two through ``standard``.  ``kplanes`` -> ``standard`` is the
+inverse permutation (the fallback paths dequantise through it).
 
 ``out`` receives the result in caller-owned tensors.  It may alias the input: an N-packed source's
 ``qweight`` [K, N/8] and the standard [K/8, N] have the same number of int32 words and a chunk of K
@@ -10,6 +12,8 @@ place with one chunk's temporaries (the ``reuse_weight_memory`` option).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -25,6 +29,12 @@ def convert(w: Packed, to: str, *, out: Packed | None = None, dtype: torch.dtype
     """``w`` in layout ``to``.  ``dtype``: the matmul dtype ``cpu_int4pack`` stores its scales in."""
     if w.layout == to and out is None:
         return w
+    if w.layout == "kplanes":
+        if to != "standard" or out is not None:
+            raise ValueError(f"convert: kplanes converts back to standard only (no out=), not to {to!r}")
+        from .kplanes import from_kplanes
+
+        return Packed("standard", from_kplanes(w.qweight), w.qzeros, w.scales, w.group_size)
     if to == "standard":
         if w.layout == "standard":
             raise ValueError("convert: standard -> standard with out= is a copy, not a conversion")
@@ -36,7 +46,32 @@ def convert(w: Packed, to: str, *, out: Packed | None = None, dtype: torch.dtype
             raise ValueError("convert: cpu_int4pack needs the matmul dtype")
         std = w if w.layout == "standard" else _source_to_standard(w, None, chunk_bytes)
         return int4pack.from_standard(std, dtype)
+    if to == "kplanes":
+        std = w if w.layout == "standard" else _source_to_standard(w, out and dataclasses.replace(
+            out, layout="standard"), chunk_bytes)
+        return _standard_to_kplanes(std, out, chunk_bytes)
     raise ValueError(f"convert: no route from {w.layout!r} to {to!r}")
+
+
+def _standard_to_kplanes(std: Packed, out: Packed | None, chunk_bytes: int) -> Packed:
+    """Permute K inside each 128-row block, chunk by chunk (a chunk of whole blocks covers the same words
+    in both layouts, so ``out`` may be ``std``'s own memory: the in-place route of ``reuse_weight_memory``)."""
+    from .kplanes import BLOCK, kplanes_reason, to_kplanes
+
+    why = kplanes_reason(std.K, std.group_size)
+    if why:
+        raise ValueError(f"convert: no kplanes form: {why}")
+    q = std.qweight
+    q_out = torch.empty_like(q) if out is None else out.qweight
+    if tuple(q_out.shape) != tuple(q.shape):
+        raise ValueError(f"convert: out= must be a kplanes [{q.shape[0]}, {q.shape[1]}] weight")
+    rows = max(BLOCK, chunk_rows(std.K, std.N, chunk_bytes) // BLOCK * BLOCK)
+    with torch.no_grad():
+        for k0 in range(0, std.K, rows):
+            k1 = min(std.K, k0 + rows)
+            block = to_kplanes(q[k0 // 8:k1 // 8])          # the whole chunk is read before it is written
+            q_out[k0 // 8:k1 // 8].copy_(block)
+    return Packed("kplanes", q_out, std.qzeros, std.scales, std.group_size)
 
 
 def in_place_target(w: Packed) -> Packed:

@@ -20,7 +20,7 @@ from .awq import _nibbles, _words, pack_n_sequential, unpack_n_sequential
 from .packed import Packed
 from .unpacked import Unpacked
 
-__all__ = ["pack_k", "unpack_k", "from_unpacked", "to_unpacked", "dequantize_standard"]
+__all__ = ["pack_k", "unpack_k", "from_unpacked", "to_unpacked", "dequantize_standard", "dequantize_packed"]
 
 
 def pack_k(codes: torch.Tensor) -> torch.Tensor:
@@ -65,3 +65,20 @@ def dequantize_standard(qweight: torch.Tensor, qzeros: torch.Tensor | None, scal
         z = (qzeros[:, :, None] >> shifts[None, None, :]) & 15
         q = q - z.view(K // G, 1, N).to(torch.float32)
     return (q * scales.to(torch.float32).view(K // G, 1, N)).view(K, N).to(dtype)
+
+
+def dequantize_packed(w: Packed, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[K, N] weight of a ``standard`` or ``kplanes`` Packed, rows in natural K order (the fallback paths).
+
+    A kplanes weight is dequantised as it is (the same words) and its rows put back in order -- one index
+    of the dense result, no second packed copy of the weight."""
+    if w.layout not in ("standard", "kplanes"):
+        raise ValueError(f"dequantize_packed reads the standard and kplanes layouts, not {w.layout!r}")
+    dense = dequantize_standard(w.qweight, w.qzeros, w.scales, w.group_size, dtype)
+    if w.layout == "kplanes":
+        from .kplanes import BLOCK
+
+        K, N = dense.shape
+        # stored row 128 t + 8 r + i holds K row 128 t + 16 i + r
+        dense = dense.view(K // BLOCK, BLOCK // 8, 8, N).transpose(1, 2).reshape(K, N)
+    return dense

@@ -75,6 +75,7 @@ class AotRequest:
     has_bias: bool = False
     K: int = 4096
     N: int = 4096
+    layout: str = "standard"        # the weight layout the plan prepared (Problem.layout: KPLANES constexprs)
 
     @classmethod
     def make(cls, kernel: str, config, target, *, launch=None, **kw) -> "AotRequest":
@@ -90,7 +91,7 @@ class AotRequest:
 
     def problem(self) -> Problem:
         return Problem(self.K, self.N, self.group_size, self.has_zeros, self.act_dtype, has_bias=self.has_bias,
-                       m=3)
+                       m=3, layout=self.layout)
 
     def _ints(self) -> dict:
         """Representative integer arguments (their divisibility by 16 is what the compile sees)."""
@@ -102,7 +103,7 @@ class AotRequest:
         """Requests with equal keys compile to the same binary (K and N matter only by divisibility)."""
         div = tuple(sorted((k, v % 16 == 0) for k, v in self._ints().items()))
         return (self.kernel, self.config, self.target, self.act_dtype, self.group_size, self.has_zeros,
-                self.has_bias, div)
+                self.has_bias, div, self.layout)
 
 
 @dataclasses.dataclass(frozen=True)

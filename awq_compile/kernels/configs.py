@@ -22,6 +22,12 @@ conditions ``K_MIN``/``K_MAX``/``N_MIN``/``N_MAX`` (inclusive).  Any other key, 
 unknown kernel or slot raises :class:`~awq_compile.kernels.spec.TableError` naming the file, the arch being
 planned and the entry.  Tables are read and parsed on first use (no import-time work).
 
+A version table may also declare the packed layout the target's layers want, ``"layout": "kplanes"``
+(default ``standard``): a layer gets it when every slot of its plan can serve it and
+:func:`~awq_compile.formats.kplanes.kplanes_reason` allows its shape (:func:`layout_for`; the most
+specific table that declares a layout decides).  Selection then only takes entries whose kernel reads
+that layout (:attr:`~.spec.KernelSpec.layouts`).
+
 Lookup is per slot, most specific first: ``<arch>.json[<triton x.y>]``, ``<arch>.json[default]``,
 ``<family>.json[<triton x.y>]``, ``<family>.json[default]``.  So an arch file only lists the slots it
 tunes differently, and a version-keyed table only the slots a Triton release changed.
@@ -39,7 +45,10 @@ from .spec import KernelConfig, LaunchOptions, ShapeFilter, TableError
 from .specs import all_specs
 
 __all__ = ["Candidate", "Bucket", "table_for", "source_for", "candidates", "triton_version_key",
-           "available_tables", "parse_table", "TableError"]
+           "available_tables", "parse_table", "layout_for", "TableError"]
+
+# the layouts a table may declare (formats/kplanes.py); "standard" is the default
+TABLE_LAYOUTS = ("standard", "kplanes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +122,11 @@ def parse_table(name: str, data, arch: str = "") -> dict:
         parsed = {}
         for slot, buckets in table.items():
             where_slot = f"{head}: tables[{version!r}][{slot!r}]"
+            if slot == "layout":
+                if backend != "cuda" or buckets not in TABLE_LAYOUTS:
+                    raise TableError(f"{where_slot}: 'layout' is one of {TABLE_LAYOUTS} (CUDA tables only, where "
+                                     f"measured), found {buckets!r}")
+                continue                # read by layout_for (validated here)
             if slot not in slots:
                 raise TableError(f"{where_slot}: unknown slot; slots are the Triton kernels {slots}")
             if not isinstance(buckets, list) or not buckets:
@@ -188,6 +202,20 @@ def table_for(arch: str, family: str, triton_version: str | None = None) -> tupl
         if added:
             sources.append(label)
     return (" + ".join(sources) or "none"), merged
+
+
+def layout_for(arch: str, family: str, triton_version: str | None = None) -> tuple[str, str]:
+    """(layout, source label) the target's tables ask for: the most specific table that declares one
+    (``standard``, ``none`` when no table does)."""
+    version = triton_version or triton_version_key()
+    for name in (arch, family):
+        if not name or _parsed(name, arch) is None:          # parsing validates the declaration
+            continue
+        tables = _load(name)["tables"]
+        for key in dict.fromkeys((version, "default")):
+            if "layout" in tables.get(key, {}):
+                return tables[key]["layout"], f"{name}.json[{key}]"
+    return "standard", "none"
 
 
 def source_for(arch: str, family: str, slot: str, triton_version: str | None = None) -> str:

@@ -9,6 +9,10 @@ config's pruning rule -- and returns a :class:`Plan`: the M -> (kernel, config, 
 custom op consults at run time, stamped with the target it was made for.  Nothing here looks at the host
 or imports Triton: asking about ``hip:gfx942`` on a CPU-only machine gives the answer an MI300 would get.
 
+The weight layout is part of the plan (:func:`choose_layout`): ``kplanes`` where the target's table asks
+for it (``"layout"`` in a version table, :func:`~.configs.layout_for`) and the shape allows it, else
+``standard`` with the reason in :attr:`Plan.layout_note`; every entry of the plan reads that layout.
+
 The device rule (:func:`plan_for_device`): a plan runs only on a device of the target family it was made
 for.  On a device of another family (a ``hip:gfx942`` plan meeting CPU or NVIDIA tensors) the plan is made
 again for the device's target, with the same forced/disabled kernels, and the caller warns once naming the
@@ -28,7 +32,7 @@ from .spec import KernelConfig, LaunchOptions, TableError, launch_options_class
 from .specs import all_specs
 
 __all__ = ["KERNELS", "PRIORITY", "Plan", "PlanEntry", "NoKernelError", "select", "kernels_for", "M_BUCKETS",
-           "plan_for_device"]
+           "plan_for_device", "choose_layout"]
 
 # Upper ends of the M buckets a plan distinguishes (None: everything larger).
 M_BUCKETS: tuple[int | None, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, None)
@@ -103,6 +107,8 @@ class Plan:
     target: Target | None = None
     force: str | None = None
     disabled: tuple[str, ...] = ()
+    layout: str = "standard"           # the packed layout every entry reads (the weight cache prepares it)
+    layout_note: str = ""              # how the layout was decided (why standard where a table asked kplanes)
 
     def entry_for(self, m: int) -> PlanEntry:
         for e in self.entries:
@@ -130,6 +136,8 @@ class Plan:
             head.append(f"@force={self.force}")
         if self.disabled:
             head.append(f"@disabled={','.join(self.disabled)}")
+        if self.layout != "standard":
+            head.append(f"@layout={self.layout}")
         return ";".join(head + [_encode_entry(e) for e in self.entries])
 
     @staticmethod
@@ -141,7 +149,7 @@ class Plan:
         for part in text.split(";"):
             if part.startswith("@"):
                 key, _, value = part[1:].partition("=")
-                if key not in ("target", "force", "disabled"):
+                if key not in ("target", "force", "disabled", "layout"):
                     raise TableError(f"plan {text!r}: unknown header {part!r}")
                 head[key] = value
                 continue
@@ -156,6 +164,9 @@ class Plan:
             if len(bits) == 3 and bits[2]:
                 values = {k: int(v) for k, v in (kv.split("=") for kv in bits[2].split(","))}
             spec = KERNELS[kernel]
+            layout = head.get("layout", "standard")
+            if layout not in spec.layouts:
+                raise TableError(f"plan {text!r}: {kernel} reads the {'/'.join(spec.layouts)} layout, not {layout}")
             cfg = launch = None
             if spec.uses_triton:
                 target = Target.parse(head["target"]) if "target" in head else None
@@ -170,7 +181,8 @@ class Plan:
             raise ValueError(f"plan {text!r} must end with an open bucket '*:'")
         return Plan(tuple(entries), target=Target.parse(head["target"]) if "target" in head else None,
                     force=head.get("force") or None,
-                    disabled=tuple(d for d in head.get("disabled", "").split(",") if d))
+                    disabled=tuple(d for d in head.get("disabled", "").split(",") if d),
+                    layout=head.get("layout", "standard"))
 
     def buckets(self) -> tuple[tuple[str, PlanEntry], ...]:
         """(``"lo..hi"``, entry) per M bucket (``hi`` empty for the open bucket)."""
@@ -182,7 +194,8 @@ class Plan:
 
     def describe(self) -> str:
         """``M 1..4: triton_gemv 1x128x128 sk8 w4 st2; M 5..inf: ...`` -- the kernel that runs, with its config."""
-        return "; ".join(f"M {rng}{'inf' if rng.endswith('..') else ''}: {e.label()}" for rng, e in self.buckets())
+        text = "; ".join(f"M {rng}{'inf' if rng.endswith('..') else ''}: {e.label()}" for rng, e in self.buckets())
+        return text if self.layout == "standard" else f"weights {self.layout}; {text}"
 
 
 class NoKernelError(RuntimeError):
@@ -200,9 +213,32 @@ def _slot_entries(slot: str, problem: Problem, target: Target, triton_version):
     return _configs.candidates(target.arch, target.family, slot, problem.m, triton_version)
 
 
+def choose_layout(problem: Problem, target: Target, *, force: str | None = None, layout: str | None = None,
+                  triton_version: str | None = None) -> tuple[str, str]:
+    """(layout, note): the layout the target's tables ask for (or ``layout``, when the caller fixes it)
+    when the problem's shape has it and a forced kernel reads it; else ``standard``, the note saying why."""
+    if layout is None:
+        wanted, source = _configs.layout_for(target.arch, target.family, triton_version)
+    else:
+        wanted, source = layout, "requested"
+    if wanted == "standard":
+        return "standard", "" if layout is None else "standard (requested)"
+    why = problem.with_layout(wanted).basic_reason()
+    if why is None and force and wanted not in KERNELS[force].layouts:
+        why = f"the forced kernel {force} reads the {'/'.join(KERNELS[force].layouts)} layout only"
+    if why:
+        return "standard", f"{source} asks for {wanted}, standard instead: {why}"
+    return wanted, f"{wanted} ({source})"
+
+
 def select(problem: Problem, target: Target, *, force: str | None = None, disabled: tuple[str, ...] = (),
-           triton_version: str | None = None) -> Plan:
-    """The plan for ``problem`` on ``target``; raises :class:`NoKernelError` listing every refusal."""
+           triton_version: str | None = None, layout: str | None = None) -> Plan:
+    """The plan for ``problem`` on ``target``; raises :class:`NoKernelError` listing every refusal.
+
+    ``layout``: the weight layout to plan for (None: the target's tables decide, :func:`choose_layout`)."""
+    layout, layout_note = choose_layout(problem, target, force=force, layout=layout,
+                                        triton_version=triton_version)
+    problem = problem.with_layout(layout)
     slots = kernels_for(target)
     if force:
         if force not in KERNELS:
@@ -281,7 +317,8 @@ def select(problem: Problem, target: Target, *, force: str | None = None, disabl
     used = {e.kernel for e in entries}
     rejected = tuple((kid, first_refusal.get(kid, "lower priority: the kernels above cover every M"))
                      for kid in seen if kid not in used)
-    return Plan(tuple(entries), rejected, target=target, force=force or None, disabled=disabled)
+    return Plan(tuple(entries), rejected, target=target, force=force or None, disabled=disabled, layout=layout,
+                layout_note=layout_note)
 
 
 def _runs_on(plan: Plan, target: Target) -> bool:

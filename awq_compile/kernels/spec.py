@@ -158,6 +158,8 @@ def k_tile_reason(block_k: int, problem: Problem) -> str | None:
         return f"BLOCK_K={block_k} must divide the group size {problem.group_size} (one scale row per K tile)"
     if problem.K % block_k:
         return f"BLOCK_K={block_k} does not divide K={problem.K}"
+    if problem.layout == "kplanes" and 128 % block_k and block_k % 128:
+        return f"BLOCK_K={block_k} must divide 128 or be a multiple of it (kplanes permutes K in 128-row blocks)"
     return None
 
 
@@ -233,7 +235,11 @@ class LaunchPlan:
     options: dict
     arguments: Callable[[Operands], tuple]
     x_regroup: int = 0                            # > 0: regroup each K tile of x (BLOCK_K) plane by plane
-    workspace: tuple | None = None                # split-K: (fp32 elements, tile tickets)
+    x_kplanes: int = 0                            # > 0: kplanes weight, K tiles of this BLOCK_K < 128: regroup x
+                                                  # so each tile's columns come in its plane-major decode order
+    workspace: tuple | None = None                # split-K / stripe: (fp32 elements, tile tickets)
+    workspace_kind: str = "atomic"                # "atomic": zero-kept (split-K atomics); "slots": the stripe
+                                                  # kernel's per-contributor slots (written before read)
     dense_weight: bool = False                    # fn writes Operands.dense [K, N]; then torch matmul
     kwargs: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -256,6 +262,7 @@ class KernelSpec:
     m_min: int | None = None                  # smallest M bucket (upper end) this kernel is meant for
     extra_check: Callable | None = None       # (problem, target) -> reason | None
     matrix_units: bool = False                # check-target fails a compile without matrix instructions
+    layouts: tuple[str, ...] = ("standard",)  # the weight layouts its code reads (Problem.layout)
 
     @property
     def uses_triton(self) -> bool:
@@ -274,6 +281,8 @@ class KernelSpec:
                 return reason
         if problem.act_dtype not in self.act_dtypes:
             return f"takes {'/'.join(self.act_dtypes)} activations, not {problem.act_dtype}"
+        if problem.layout not in self.layouts:
+            return f"reads the {'/'.join(self.layouts)} layout, not the layer's {problem.layout}"
         if self.m_max is not None and (problem.m is None or problem.m > self.m_max):
             return f"serves M <= {self.m_max} only"
         if self.m_min is not None and problem.m is not None and problem.m < self.m_min:

@@ -164,6 +164,6 @@ def group_projections(layers: tuple, gm: torch.fx.GraphModule, bindings: Binding
         reports.append(MergeReport(name=name, parts=tuple(names), in_features=first.K, out_features=N,
                                    kernel=plan.entry_for(em if em is not None else 1).kernel,
                                    kernels={rng: e.label() for rng, e in plan.buckets()},
-                                   graph=graph_index))
+                                   graph=graph_index, layout=plan.layout))
         log.info("merged %s: one launch [%d -> %d] on %s: %s", name, first.K, N, target, plan.describe())
     return tuple(groups), tuple(reports)

@@ -2,6 +2,8 @@
 
 Reads the analysis only (the source tensors and the verified digests); the graph is returned as it is.
 Later instances that share the compiled graph are repacked on their first call (the op's cache).
+Each unit is prepared in the layout of the plan its op will run for those tensors' device (the op's own
+``plan_for_call``, which also reserves the plan's workspaces outside any CUDA-graph capture).
 With ``reuse_weight_memory`` the example weights are rewritten in place into the standard layout
 (no second copy; the user's buffers then hold standard-layout bits, so their eager forward is no
 longer valid -- which is why it is opt-in).  Instances first seen at run time get a separate copy.
@@ -13,12 +15,13 @@ merged group's parts -- so this pass and the backend's CUDA-graph weight check p
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ..runtime.weights import WeightCache, weight_cache
 from .records import Analysis, log
+from .select_kernels import problem_of
 
 __all__ = ["WeightUnit", "weight_units", "prepack_weights"]
 
@@ -33,6 +36,8 @@ class WeightUnit:
     aux: tuple = ()
     aux_digest: str = ""
     merged: bool = False
+    request: str = ""                 # the op's plan argument (runtime.planning.PlanRequest, encoded)
+    problem: Any = None               # the op's Problem for the example (kernels.problem.Problem)
 
     def nodes(self) -> list:
         return [n for p in self.parts for n in p if n is not None] + list(self.aux)
@@ -41,12 +46,18 @@ class WeightUnit:
         def v(n):
             return None if n is None else value_of(n)
 
+        layout = "standard"
+        if self.request and self.problem is not None:
+            from ..runtime.op import plan_for_call
+
+            q0 = v(self.parts[0][0])
+            layout = plan_for_call(self.request, self.name, q0.device.type, q0.device.index, self.problem).layout
         if self.merged:
-            cache.get_merged(self.fmt, [tuple(v(n) for n in p) for p in self.parts], layer=self.name)
+            cache.get_merged(self.fmt, [tuple(v(n) for n in p) for p in self.parts], layer=self.name, layout=layout)
         else:
             q, z, s = self.parts[0]
             cache.get(self.fmt, v(q), v(z), v(s), [v(a) for a in self.aux], aux_digest=self.aux_digest,
-                      layer=self.name, reuse=reuse)
+                      layer=self.name, reuse=reuse, layout=layout)
 
 
 def weight_units(analysis: Analysis) -> list[WeightUnit]:
@@ -56,11 +67,12 @@ def weight_units(analysis: Analysis) -> list[WeightUnit]:
         if i not in grouped:
             m = layer.match
             units.append(WeightUnit(m.name, m.fmt, ((m.qweight, m.qzeros, m.scales),), tuple(m.aux),
-                                    m.aux_digest))
+                                    m.aux_digest, request=layer.request, problem=problem_of(m)))
     for g in analysis.groups:
         ms = [analysis.layers[i].match for i in g.members]
         units.append(WeightUnit(g.name, ms[0].fmt, tuple((m.qweight, m.qzeros, m.scales) for m in ms),
-                                merged=True))
+                                merged=True, request=analysis.layers[g.members[0]].request,
+                                problem=dataclasses.replace(problem_of(ms[0]), N=g.N)))
     return units
 
 

@@ -60,7 +60,8 @@ def select_kernels(matches, target: Target, options: Options, graph_index: int =
         reports.append(LayerReport(
             name=m.name, in_features=m.K, out_features=m.N, group_size=m.group_size, format=m.fmt,
             kernel=entry.kernel, kernels=buckets, rejected=dict(plan.rejected), exact=m.exact,
-            graph=graph_index, node=m.matmul.name, configs={rng: e.label() for rng, e in plan.buckets()}))
+            graph=graph_index, node=m.matmul.name, configs={rng: e.label() for rng, e in plan.buckets()},
+            layout=plan.layout, layout_note=plan.layout_note))
         log.info("rewrote %s: %s [%d -> %d] g%d on %s: %s", m.name, m.fmt, m.K, m.N, m.group_size, target,
                  plan.describe())
     return tuple(planned), tuple(skips.items), tuple(reports)

@@ -9,9 +9,9 @@ import logging
 
 import torch
 
-from ..formats.standard import dequantize_standard
+from ..formats.standard import dequantize_packed
 from ..kernels.problem import Problem
-from ..kernels.registry import Plan, PlanEntry, plan_for_device
+from ..kernels.registry import KERNELS, Plan, PlanEntry, plan_for_device
 from ..target import Target, detect, interpreter_active
 from .weights import Prepared
 
@@ -20,14 +20,12 @@ __all__ = ["run_entry", "plan_on_device", "device_target"]
 log = logging.getLogger("awq_compile")
 
 
-def _torch_dequant(x2d, prepared: Prepared, std, bias):
-    q, qz, s = std.qweight, std.qzeros, std.scales
+def _torch_dequant(x2d, prepared: Prepared, w, bias):
     if x2d.device.type == "cpu":
         # CPUs without fp16/bf16 matrix units multiply fastest (and most accurately) in float32
-        w = dequantize_standard(q, qz, s, prepared.group_size, torch.float32)
-        out = (x2d.to(torch.float32) @ w).to(x2d.dtype)
+        out = (x2d.to(torch.float32) @ dequantize_packed(w, torch.float32)).to(x2d.dtype)
     else:
-        out = x2d @ dequantize_standard(q, qz, s, prepared.group_size, x2d.dtype)
+        out = x2d @ dequantize_packed(w, x2d.dtype)
     return out if bias is None else out + bias
 
 
@@ -37,13 +35,13 @@ def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
     return out if bias is None else out + bias
 
 
-def _triton(x2d, prepared: Prepared, std, bias, entry: PlanEntry, target: Target):
+def _triton(x2d, prepared: Prepared, w, bias, entry: PlanEntry, target: Target):
     from ..kernels.triton.launch import run
 
-    q, qz, s = std.qweight, std.qzeros, std.scales
+    q, qz, s = w.qweight, w.qzeros, w.scales
     out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
     return run(entry.kernel, entry.config, entry.launch, x2d.contiguous(), q, qz, s, bias, out,
-               prepared.group_size, target, interpret=_interpreting())
+               prepared.group_size, target, interpret=_interpreting(), layout=w.layout)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,10 +82,14 @@ def plan_on_device(plan: Plan, device: torch.device, problem: Problem, layer: st
 
 def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias, *, target: Target):
     """Run ``entry`` of a plan for ``target`` (from :func:`plan_on_device`) on the op's source tensors,
-    resolved to the standard layout through ``prepared``."""
+    resolved through ``prepared`` to the layout it holds (the plan's: the entry's kernel reads it)."""
     if bias is not None and bias.dtype != x2d.dtype:
         bias = bias.to(x2d.dtype)
-    std = prepared.standard(qweight, scales, qzeros)
+    w = prepared.packed(qweight, scales, qzeros)
+    spec = KERNELS[entry.kernel]
+    if w.layout not in spec.layouts:
+        raise RuntimeError(f"awq_compile: {entry.kernel} reads the {'/'.join(spec.layouts)} layout but the weight is "
+                           f"prepared in {w.layout} (a plan and its weight disagree)")
     if entry.config is not None:
-        return _triton(x2d, prepared, std, bias, entry, target)
-    return _RUNNERS[entry.kernel](x2d, prepared, std, bias)
+        return _triton(x2d, prepared, w, bias, entry, target)
+    return _RUNNERS[entry.kernel](x2d, prepared, w, bias)

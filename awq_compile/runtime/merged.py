@@ -8,7 +8,8 @@
 The merge transformation (``passes/merge_projections.py``) puts this op where q/k/v or gate/up read the
 same activation, then takes each part's output as a slice of ``y``.  The parts' source tensors are
 passed as they are (one compiled graph serves every module instance, as for the single op); the weight
-cache concatenates their standard layouts along N once per set of weights
+cache concatenates their standard layouts along N once per set of weights (then permutes the
+concatenation into the plan's layout, when that is ``kplanes``)
 (:meth:`~awq_compile.runtime.weights.WeightCache.get_merged`).  ``qzeros`` is empty for formats
 without zero points; ``bias`` is the parts' biases concatenated in the graph (``torch.cat``, which
 Inductor fuses with their casts) or None when no part has one (the transformation merges only parts
@@ -22,7 +23,8 @@ from typing import List, Optional
 
 import torch
 
-from ..formats.standard import dequantize_standard
+from ..formats.sources import get_format
+from ..formats.standard import dequantize_packed
 from ..kernels.problem import Problem
 from .dispatch import run_entry
 from .op import plan_for_call, check_inputs
@@ -72,15 +74,15 @@ def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: L
                         scales: List[torch.Tensor], bias: Optional[torch.Tensor], layers: str, fmt: str,
                         group_size: int, plan: str) -> torch.Tensor:
     parts, N, K, name = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
-    merged = weight_cache().get_merged(fmt, parts, layer=name)
+    problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
+                      has_bias=bias is not None)
+    resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
+    merged = weight_cache().get_merged(fmt, parts, layer=name, layout=resolved.layout)
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     if M == 0:
         return x.new_empty((*x.shape[:-1], N))
     prepared = merged.prepared
-    problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
-                      has_bias=bias is not None)
-    resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
     out = run_entry(resolved.entry_for(M), x2d, prepared, prepared.qweight, prepared.qzeros, merged.scales, bias,
                     target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
@@ -97,8 +99,8 @@ def w4a16_linear_merged_grad_x(grad: torch.Tensor, qweights: List[torch.Tensor],
                                scales: List[torch.Tensor], layers: str, fmt: str, group_size: int) -> torch.Tensor:
     """``grad @ W^T`` for the merged weight, read through the cache (float32 accumulation)."""
     parts = [(qweights[i], qzeros[i] if qzeros else None, scales[i]) for i in range(len(qweights))]
-    std = weight_cache().get_merged(fmt, parts, layer=merged_name(layers.split(_SEP))).standard()
-    w = dequantize_standard(std.qweight, std.qzeros, std.scales, group_size, torch.float32)
+    std = weight_cache().get_merged(fmt, parts, layer=merged_name(layers.split(_SEP)), layout=None).packed()
+    w = dequantize_packed(std, torch.float32)
     g2d = grad.reshape(-1, std.N).to(torch.float32)
     return (g2d @ w.t()).to(grad.dtype).reshape(*grad.shape[:-1], std.K)
 

@@ -27,13 +27,14 @@ dynamic shapes).  Registration happens when this module is first imported, which
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import List, Optional
 
 import torch
 
 from ..formats.sources import get_format
-from ..formats.standard import dequantize_standard
+from ..formats.standard import dequantize_packed
 from .dispatch import plan_on_device, run_entry
 from ..kernels.problem import Problem
 from .planning import resolve
@@ -84,7 +85,13 @@ def plan_for_call(plan: str, layer: str, device_type: str, device_index, problem
     device, problem): the registry's rule re-plans (and warns once naming the layer) when the device is of
     another target family."""
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    return plan_on_device(resolve(plan, problem, layer), device, problem, layer)
+    resolved = plan_on_device(resolve(plan, problem, layer), device, problem, layer)
+    if device.type == "cuda":
+        # the stripe kernel's slot workspace must exist before any CUDA-graph capture runs the plan
+        from ..kernels.triton.launch import reserve_for_plan
+
+        reserve_for_plan(resolved, problem, device)
+    return resolved
 
 
 @torch.library.custom_op("awq_compile::w4a16_linear", mutates_args=())
@@ -92,14 +99,16 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.
                  bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
                  plan: str, aux_digest: str) -> torch.Tensor:
     K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, fmt, group_size)
-    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer)
+    problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
+                      has_bias=bias is not None)
+    # the plan (for the tensors' device) decides the layout the weight is prepared in
+    resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
+    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer,
+                                  layout=resolved.layout)
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     if M == 0:
         return x.new_empty((*x.shape[:-1], N))
-    problem = Problem(K, N, group_size, prepared.has_zeros, str(x.dtype).removeprefix("torch."),
-                      has_bias=bias is not None)
-    resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
     out = run_entry(resolved.entry_for(M), x2d, prepared, qweight, qzeros, scales, bias, target=resolved.target)
     return out.reshape(*x.shape[:-1], N)
 
@@ -120,20 +129,21 @@ def w4a16_linear_backward(grad: torch.Tensor, x: Optional[torch.Tensor], qweight
     Opaque like the forward: the weights are read through the cache, whose value says which layout they
     are in (with ``reuse_weight_memory`` the source buffers themselves hold the standard layout).
     """
-    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer)
-    std = prepared.standard(qweight, scales, qzeros)
-    q, qz, s = std.qweight, std.qzeros, std.scales
-    K, N = std.K, std.N
+    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer,
+                                  layout=None)
+    packed = prepared.packed(qweight, scales, qzeros)
+    K, N = packed.K, packed.N
     g2d = grad.reshape(-1, N)
     out = []
     if need_x:
-        w = dequantize_standard(q, qz, s, group_size, torch.float32)
+        w = dequantize_packed(packed, torch.float32)
         out.append((g2d.to(torch.float32) @ w.t()).to(grad.dtype).reshape(*grad.shape[:-1], K))
     else:
         out.append(grad.new_empty(0))
     if need_scales:
         # dL/ds[g, n] = sum over the group's rows k of (q - z)[k, n] * (x^T grad)[k, n]
-        codes = dequantize_standard(q, qz, torch.ones_like(s, dtype=torch.float32), group_size, torch.float32)
+        codes = dequantize_packed(dataclasses.replace(packed, scales=torch.ones_like(packed.scales,
+                                                                                    dtype=torch.float32)))
         gw = x.reshape(-1, K).to(torch.float32).t() @ g2d.to(torch.float32)
         out.append((codes * gw).view(K // group_size, group_size, N).sum(1).to(scales.dtype))
     else:

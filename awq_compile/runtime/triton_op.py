@@ -104,6 +104,9 @@ def w4a16_linear_triton(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional
     if len(decoded.entries) != 1 or decoded.target is None:
         raise ValueError(f"awq_compile: layer '{layer or '?'}': w4a16_linear_triton takes a one-entry plan with "
                          f"a target, got {plan!r}")
+    if decoded.layout != "standard":
+        raise ValueError(f"awq_compile: layer '{layer or '?'}': w4a16_linear_triton reads the standard layout (the "
+                         f"export's constants), not {decoded.layout}: {plan!r}")
     entry = decoded.entries[0]
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]

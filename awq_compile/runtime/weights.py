@@ -19,10 +19,12 @@ the cost of the user's own eager dequant), and the layer says so once at warning
 -- create or load the model outside inference mode; running it under inference mode is fine, since
 normal tensors keep counting versions there.  Nor are such tensors ever rewritten in place.
 
-The value of an entry (:class:`Prepared`) says which layout each tensor holds: :meth:`Prepared.standard`
-returns a :class:`~awq_compile.formats.Packed` in the ``standard`` layout, :meth:`Prepared.form` a
-kernel-specific one (``cpu_int4pack``), both built by :func:`awq_compile.formats.convert` -- the forward's
-dispatch and the backward read the layout from there.  The cache holds only what it derived
+The value of an entry (:class:`Prepared`) says which layout each tensor holds: :meth:`Prepared.packed`
+returns a :class:`~awq_compile.formats.Packed` in the layer's layout -- ``standard``, or ``kplanes`` when
+the layer's plan says so (:attr:`~awq_compile.kernels.registry.Plan.layout`; the layout is part of the
+key, and a layer holds exactly one packed copy, in that layout) -- and :meth:`Prepared.form` a
+kernel-specific one (``cpu_int4pack``, from a standard entry), all built by
+:func:`awq_compile.formats.convert` -- the forward's dispatch and the backward read the layout from there.  The cache holds only what it derived
 (standard-layout qweight and zeros, kernel-specific forms); tensors usable as they are (scales, an
 already-standard qweight) are taken from the op's arguments at call time, so the cache never keeps a
 user's model alive.
@@ -32,8 +34,8 @@ With ``reuse=True`` (the backend's opt-in ``reuse_weight_memory`` option) an AWQ
 ``qzeros`` is rewritten *in place*, chunk by chunk, into the standard layout -- the two layouts have the
 same number of int32 words and a chunk of K rows occupies the same memory range in both -- so nothing
 beyond one chunk's temporaries is ever allocated and the weights held stay at 1.0x the AWQ size.  The
-user's tensors then hold standard-layout bits (their eager dequant is no longer valid); the cache
-remembers those buffers (until they die or are written again) so that they are never converted twice.
+user's tensors then hold standard-layout (or kplanes) bits (their eager dequant is no longer valid); the cache
+remembers those buffers, and the layout they hold, (until they die or are written again) so that they are never converted twice.
 """
 
 from __future__ import annotations
@@ -94,11 +96,19 @@ class Prepared:
     qweight: torch.Tensor | None      # derived standard int32 [K/8, N]; None: the argument holds it
     qzeros: torch.Tensor | None       # derived standard int32 [K/G, N/8]; None: the argument (or no zeros)
     has_zeros: bool
-    in_place: bool = False            # the op's own qweight/qzeros were rewritten into the standard layout
+    in_place: bool = False            # the op's own qweight/qzeros were rewritten into ``layout``
     forms: dict = dataclasses.field(default_factory=dict)   # (layout, dtype) -> Packed, kernel-specific
+    layout: str = "standard"          # the layout of qweight: "standard" or "kplanes" (the plan's choice)
 
     def standard(self, qweight, scales, qzeros=None) -> Packed:
-        """The weight in the ``standard`` layout the kernels and the backward read."""
+        """The weight in the ``standard`` layout (an entry prepared in another layout refuses: it holds no
+        standard copy)."""
+        if self.layout != "standard":
+            raise ValueError(f"this weight is prepared in the {self.layout} layout, not standard")
+        return self.packed(qweight, scales, qzeros)
+
+    def packed(self, qweight, scales, qzeros=None) -> Packed:
+        """The weight in the layout it is prepared in (:attr:`layout`), which the kernels and the backward read."""
         q = self.qweight
         if q is None:
             # in place: a view of the argument (the cache keeps no reference to the user's storage)
@@ -106,7 +116,7 @@ class Prepared:
         z = None
         if self.has_zeros:
             z = self.qzeros if self.qzeros is not None else qzeros
-        return Packed("standard", q, z, scales, self.group_size)
+        return Packed(self.layout, q, z, scales, self.group_size)
 
     def form(self, layout: str, qweight, scales, qzeros, dtype: torch.dtype) -> Packed:
         """A kernel-specific layout, converted from :meth:`standard` on first use and kept with the entry."""
@@ -213,35 +223,49 @@ class WeightCache:
                 for f in rec[3]:
                     f.detach()
 
-    def _holds_standard(self, t: torch.Tensor | None) -> bool:
-        """True when this cache rewrote ``t``'s memory into the standard layout and nothing wrote since
-        (a later ``load_state_dict`` puts AWQ bits back and bumps the version: then it is AWQ again)."""
+    def _holds(self, t: torch.Tensor | None) -> str | None:
+        """The layout this cache rewrote ``t``'s memory into, if nothing wrote since (a later
+        ``load_state_dict`` puts AWQ bits back and bumps the version: then it is AWQ again); else None."""
         if t is None:
-            return False
+            return None
         rec = self._rewritten.get(_buffer_key(t))
-        return rec is not None and not rec[0].expired() and rec[1] == _version(t)
+        return rec[4] if rec is not None and not rec[0].expired() and rec[1] == _version(t) else None
 
-    def _remember_rewritten(self, t: torch.Tensor) -> None:
+    def _remember_rewritten(self, t: torch.Tensor, layout: str) -> None:
         key, serial = _buffer_key(t), next(self._serial)
         old = self._rewritten.pop(key, None)
         if old is not None:
             for f in old[3]:
                 f.detach()
         fins = _finalizers([t.untyped_storage()], _on_source_death, weakref.ref(self), "rewritten", key, serial)
-        self._rewritten[key] = (StorageWeakRef(t.untyped_storage()), _version(t), serial, fins)
+        self._rewritten[key] = (StorageWeakRef(t.untyped_storage()), _version(t), serial, fins, layout)
 
     def get(self, fmt: str, qweight, qzeros, scales, aux=(), *, aux_digest: str = "", layer: str = "",
-            reuse: bool = False) -> Prepared:
-        """The prepared weights of one layer.  ``reuse=True`` allows rewriting AWQ-layout source buffers in
-        place (see the module docstring); it only matters on the call that repacks."""
+            reuse: bool = False, layout: str | None = "standard") -> Prepared:
+        """The prepared weights of one layer in ``layout`` (the layer's plan's; None: the layout the layer is
+        already prepared in, standard if none -- the backward, which reads whatever the forward prepared).
+        ``reuse=True`` allows rewriting AWQ-layout source buffers in place (see the module docstring); it
+        only matters on the call that repacks."""
         sources = [t for t in (qweight, qzeros, scales, *aux) if t is not None]
-        key = (fmt,) + tuple(_ident(t) for t in sources)
+        idents = tuple(_ident(t) for t in sources)
+        if layout is None:
+            layout = self._held_layout(fmt, idents, sources, qweight)
+        key = (fmt, layout) + idents
         entry = self._entries.get(key)
         if entry is not None and entry.valid_for(sources):
             return entry.prepared
-        return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse)
+        return self._insert(key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse, layout)
 
-    def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse=False) -> Prepared:
+    def _held_layout(self, fmt: str, idents: tuple, sources, qweight, merged: bool = False) -> str:
+        head = ("merged", fmt) if merged else (fmt,)
+        for layout in ("kplanes", "standard"):
+            entry = self._entries.get(head + (layout,) + idents)
+            if entry is not None and entry.valid_for(sources):
+                return layout
+        return (None if merged else self._holds(qweight)) or "standard"
+
+    def _insert(self, key, fmt, qweight, qzeros, scales, aux, sources, aux_digest, layer, reuse=False,
+                layout="standard") -> Prepared:
         if aux and aux_digest and digest(aux) != aux_digest:
             raise RuntimeError(
                 f"awq_compile: layer '{layer}': an auxiliary tensor of the dequantisation (reorder index or "
@@ -251,28 +275,33 @@ class WeightCache:
         w = Packed(fmt, qweight, qzeros if src.has_zeros else None, scales,
                    src.qweight_rows_to_k(qweight.shape[0]) // scales.shape[0])
         if any(t.is_inference() for t in sources):
-            return self._uncached(w, layer)
+            return self._uncached(w, layer, layout)
         # (a per-call conversion inside a CUDA-graph capture is recorded and replayed: it stays correct)
         if qweight.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"awq_compile: layer '{layer}': its weights were not repacked before CUDA-graph capture "
                 "(new or modified weight tensors reached a captured graph); run the model once eagerly "
                 "with these weights before capturing")
-        rewritten = src.packed_along == "N" and self._holds_standard(qweight) and (
-            w.qzeros is None or self._holds_standard(w.qzeros))
+        held = self._holds(qweight) if src.packed_along == "N" else None
+        if held is not None and held != layout:
+            raise RuntimeError(
+                f"awq_compile: layer '{layer}': its weight buffers were rewritten in place into the {held} layout "
+                f"(reuse_weight_memory) for another plan, which now asks for {layout}; compile the model for one "
+                "target only, or reload the weights")
+        rewritten = held is not None and (w.qzeros is None or self._holds(w.qzeros) == layout)
         can_rewrite = reuse and src.packed_along == "N" and qweight.is_contiguous() and (
             w.qzeros is None or w.qzeros.is_contiguous())
         if rewritten or can_rewrite:
             if not rewritten:
-                convert(w, "standard", out=in_place_target(w))   # the entry below records the versions after
+                convert(w, layout, out=in_place_target(w))   # the entry below records the versions after
                 for t in (w.qweight, w.qzeros):
                     if t is not None:
-                        self._remember_rewritten(t)
-            prepared = Prepared(fmt, w.group_size, None, None, src.has_zeros, in_place=True)
+                        self._remember_rewritten(t, layout)
+            prepared = Prepared(fmt, w.group_size, None, None, src.has_zeros, in_place=True, layout=layout)
         else:
-            std = convert(w, "standard")
+            std = convert(w, layout)
             prepared = Prepared(fmt, w.group_size, None if std.qweight is qweight else std.qweight,
-                                None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros)
+                                None if std.qzeros is w.qzeros else std.qzeros, src.has_zeros, layout=layout)
         return self._store(key, sources, prepared, qweight.device, scales.shape[1])
 
     def _store(self, key, sources, value, device: torch.device, n: int):
@@ -292,39 +321,44 @@ class WeightCache:
             self.repacks += 1
         return value
 
-    def get_merged(self, fmt: str, parts, *, layer: str = "") -> "MergedPrepared":
-        """One standard-layout weight for several layers that read the same input (q/k/v, gate/up):
+    def get_merged(self, fmt: str, parts, *, layer: str = "", layout: str | None = "standard") -> "MergedPrepared":
+        """One weight in ``layout`` for several layers that read the same input (q/k/v, gate/up):
         ``parts`` is a list of ``(qweight, qzeros, scales)`` in the source format, concatenated
-        along N in that order.  Keyed and validated like :meth:`get` on every part's tensors, and dropped
+        along N in that order (a K permutation commutes with that: the kplanes copy is made once, of the
+        concatenation).  Keyed and validated like :meth:`get` on every part's tensors, and dropped
         when any of their storages dies; never rewritten in place (the parts live in separate storages)."""
         sources = [t for part in parts for t in part if t is not None]
-        key = ("merged", fmt) + tuple(_ident(t) for t in sources)
+        idents = tuple(_ident(t) for t in sources)
+        if layout is None:
+            layout = self._held_layout(fmt, idents, sources, None, merged=True)
+        key = ("merged", fmt, layout) + idents
         entry = self._entries.get(key)
         if entry is not None and entry.valid_for(sources):
             return entry.prepared
         src = get_format(fmt)
         if any(t.is_inference() for t in sources):
             self._warn_uncached(layer)
-            return _merge(src, parts)
+            return _merge(src, parts, layout)
         q0 = parts[0][0]
         if q0.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"awq_compile: merged layer '{layer}': its weights were not repacked before CUDA-graph capture "
                 "(new or modified weight tensors reached a captured graph); run the model once eagerly "
                 "with these weights before capturing")
-        merged = _merge(src, parts)
+        merged = _merge(src, parts, layout)
         return self._store(key, sources, merged, q0.device, merged.scales.shape[1])
 
-    def _uncached(self, w: Packed, layer: str) -> Prepared:
+    def _uncached(self, w: Packed, layer: str, layout: str = "standard") -> Prepared:
         """Inference tensors: convert for this call only (see the module docstring)."""
         self._warn_uncached(layer)
         if w.qweight.is_cuda:
             from ..kernels.triton.launch import reserve_workspace
             reserve_workspace(w.qweight.device, w.N)
-        std = convert(w, "standard")
+        std = convert(w, layout)
         self.repacks += 1
         return Prepared(w.layout, w.group_size, None if std.qweight is w.qweight else std.qweight,
-                        None if std.qzeros is w.qzeros else std.qzeros, get_format(w.layout).has_zeros)
+                        None if std.qzeros is w.qzeros else std.qzeros, get_format(w.layout).has_zeros,
+                        layout=layout)
 
     def _warn_uncached(self, layer: str) -> None:
         if layer not in self._warned_uncached:
@@ -338,22 +372,22 @@ class WeightCache:
 
 @dataclasses.dataclass
 class MergedPrepared:
-    """The cache's value for a merged group: the parts' weights concatenated along N, standard layout."""
+    """The cache's value for a merged group: the parts' weights concatenated along N, in ``prepared.layout``."""
 
     prepared: Prepared                # owns the concatenated qweight / qzeros
     scales: torch.Tensor              # [K/G, sum N]
     widths: tuple                     # N of each part, in order
 
-    def standard(self) -> Packed:
-        return self.prepared.standard(self.prepared.qweight, self.scales, self.prepared.qzeros)
+    def packed(self) -> Packed:
+        return self.prepared.packed(self.prepared.qweight, self.scales, self.prepared.qzeros)
 
     def nbytes(self) -> int:
         return self.prepared.nbytes() + self.scales.numel() * self.scales.element_size()
 
 
-def _merge(src, parts) -> MergedPrepared:
+def _merge(src, parts, layout: str = "standard") -> MergedPrepared:
     """Convert each part to the standard layout and concatenate along N (qzeros pack along N in whole
-    8-column words, so N % 8 == 0 per part keeps the words aligned)."""
+    8-column words, so N % 8 == 0 per part keeps the words aligned), then into ``layout``."""
     stds = []
     with torch.no_grad():
         for qweight, qzeros, scales in parts:
@@ -362,7 +396,9 @@ def _merge(src, parts) -> MergedPrepared:
         q = torch.cat([w.qweight for w in stds], dim=1)
         z = torch.cat([w.qzeros for w in stds], dim=1) if src.has_zeros else None
         s = torch.cat([w.scales for w in stds], dim=1)
-    return MergedPrepared(Prepared(src.name, stds[0].group_size, q, z, src.has_zeros), s,
+        if layout != "standard":
+            q = convert(Packed("standard", q, z, s, stds[0].group_size), layout).qweight
+    return MergedPrepared(Prepared(src.name, stds[0].group_size, q, z, src.has_zeros, layout=layout), s,
                           tuple(w.N for w in stds))
 
 

@@ -112,6 +112,9 @@ def test_tables_are_well_formed():
         for version, table in data["tables"].items():
             assert version == "default" or version.replace(".", "").isdigit(), (name, version)
             for kernel, buckets in table.items():
+                if kernel == "layout":      # the packed layout the table asks for: declared where measured only
+                    assert (name, buckets) == ("sm90", "kplanes"), (name, version, buckets)
+                    continue
                 tops = [b["m_max"] for b in buckets]
                 assert tops[-1] is None or kernel == "triton_gemv", (name, kernel)
                 finite = [t for t in tops if t is not None]
@@ -265,9 +268,12 @@ def test_unknown_slot_and_misplaced_bucket_raise(monkeypatch):
 
 
 def test_a_table_entry_names_the_variant_kernel_that_runs():
-    """sm90's M 5..16 bucket lists nibble-plane configs first: the plan (and explain) name that kernel."""
+    """sm90's M 5..16 bucket lists the stripe kernel (K, N >= 4096) then nibble-plane configs: the plan
+    (and explain) name the kernel that runs."""
     t = Target.parse("cuda:sm90")
-    plan = select(Problem(4096, 14336, 128, True, "float16"), t)
+    big = select(Problem(4096, 14336, 128, True, "float16"), t)
+    assert "M 5..16: triton_stripe 16x128x128 stages3 per_sm2 dot trans slots w4 st1" in big.describe()
+    plan = select(Problem(4096, 1024, 128, True, "float16"), t)      # N_MIN=4096 excludes the stripe entry
     e = plan.entry_for(16)
     assert e.kernel == "triton_gemm_planes" and e.config.XPERM and e.config.BLOCK_K == 128
     assert "M 5..16: triton_gemm_planes 16x128x128 sk4 xperm w4 st3" in plan.describe()

@@ -28,17 +28,19 @@ from _util import rel_err
 
 @functools.lru_cache(maxsize=None)
 def _cases() -> list[tuple]:
-    """(kernel, config items, group size, [targets using it]) over every CI target, launch options aside."""
+    """(kernel, config items, group size, weight layout, [targets using it]) over every CI target, launch
+    options aside."""
     seen: dict[tuple, list] = {}
     for t in CI_TARGETS:
         findings, _ = plan_requests(Target.parse(t), dtypes=("float16",))
         for f in findings.values():
             r = f.request
             cfg = tuple((k, v) for k, v in r.config if k.isupper())          # launch options aside
-            seen.setdefault((r.kernel, cfg, r.group_size), [])
-            if t not in seen[(r.kernel, cfg, r.group_size)]:
-                seen[(r.kernel, cfg, r.group_size)].append(t)
-    return [(k, cfg, g, tuple(ts)) for (k, cfg, g), ts in sorted(seen.items())]
+            key = (r.kernel, cfg, r.group_size, r.layout)
+            seen.setdefault(key, [])
+            if t not in seen[key]:
+                seen[key].append(t)
+    return [(k, cfg, g, lay, tuple(ts)) for (k, cfg, g, lay), ts in sorted(seen.items())]
 
 
 def _device():
@@ -46,24 +48,28 @@ def _device():
 
 
 def _case_id(case):
-    kernel, cfg, g, targets = case
+    kernel, cfg, g, layout, targets = case
     c = dict(cfg)
     flags = "".join(f"-{k.lower()}" for k in ("TRANS", "XPERM", "FMA_DECODE", "SCALE_AFTER") if c.get(k))
-    return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}{flags}-g{g}"
+    lay = "" if layout == "standard" else f"-{layout}"
+    return f"{kernel}-{c.get('BLOCK_M', 1)}x{c['BLOCK_N']}x{c['BLOCK_K']}-sk{c.get('SPLIT_K', 1)}{flags}-g{g}{lay}"
 
 
 def test_every_ci_target_contributes_configs():
-    covered = {t for case in _cases() for t in case[3]}
+    covered = {t for case in _cases() for t in case[4]}
     assert covered == set(CI_TARGETS)
     assert {case[0] for case in _cases()} >= {"triton_gemv", "triton_gemm", "triton_gemm_planes",
-                                               "triton_gemv_stream", "triton_dequant_mm"}
+                                               "triton_gemv_stream", "triton_dequant_mm", "triton_stripe"}
+    assert {case[3] for case in _cases()} == {"standard", "kplanes"}
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_case_id)
 def test_kernel_config_matches_float64(case):
     from awq_compile.kernels.triton.launch import run
 
-    kernel, cfg_items, G, targets = case
+    from awq_compile.formats.kplanes import to_kplanes
+
+    kernel, cfg_items, G, layout, targets = case
     cfg = dict(cfg_items)
     config, opts = get_spec(kernel).parse(cfg, f"{kernel} {cfg}", backend=None, table=False)
     bm, bn = cfg.get("BLOCK_M", 1), cfg["BLOCK_N"]
@@ -78,12 +84,13 @@ def test_kernel_config_matches_float64(case):
         u = quantize(torch.randn(K, N, generator=gen), G, symmetric=symmetric)
         u.scales = u.scales.to(dtype)
         std = from_unpacked(u)
+        qweight = to_kplanes(std.qweight) if layout == "kplanes" else std.qweight
         x = torch.randn(M, K, generator=gen).to(dtype)
         bias = torch.randn(N, generator=gen).to(dtype)
         out = torch.empty(M, N, dtype=dtype, device=dev)
-        run(kernel, config, opts, x.to(dev), std.qweight.to(dev),
+        run(kernel, config, opts, x.to(dev), qweight.to(dev),
             None if std.qzeros is None else std.qzeros.to(dev), std.scales.to(dev), bias.to(dev), out, G,
-            Target.parse(targets[0]), interpret=interpreter_active())
+            Target.parse(targets[0]), interpret=interpreter_active(), layout=layout)
         ref = x.double() @ u.dequantize(torch.float64) + bias.double()
         err = rel_err(out.cpu(), ref)
         tol = 1e-2 if dtype == torch.bfloat16 else 2e-3

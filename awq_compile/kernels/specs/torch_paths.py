@@ -22,5 +22,5 @@ SPECS = (
                ("cpu",), ("bfloat16",), extra_check=_cpu_int4pack_check),
     KernelSpec("torch_dequant", "dequantise the standard layout per call, then matmul (fp32 on CPU); "
                "weights stay 4-bit in memory, at the cost of one dequantisation per call",
-               ("cpu", "cuda", "cdna", "rdna"), ("float16", "bfloat16", "float32")),
+               ("cpu", "cuda", "cdna", "rdna"), ("float16", "bfloat16", "float32"), layouts=("standard", "kplanes")),
 )

@@ -30,7 +30,8 @@ def plan(cfg: DequantConfig, launch, problem, target, interpret: bool) -> Launch
     from ..triton.dequant import _dequant_kernel
 
     grid = (-(-problem.N // cfg.BLOCK_N), problem.K // cfg.BLOCK_K)
-    consts = dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, **cfg.constexprs())
+    consts = dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, **cfg.constexprs(),
+                  KPLANES=problem.layout == "kplanes")
     return LaunchPlan("triton_dequant_mm", _dequant_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), dequant_arguments, dense_weight=True)
 
@@ -38,4 +39,4 @@ def plan(cfg: DequantConfig, launch, problem, target, interpret: bool) -> Launch
 SPECS = (KernelSpec("triton_dequant_mm", "large M: Triton dequantises the weight to the activation dtype, then "
                     "torch.matmul (cuBLAS / hipBLASLt) multiplies; for M buckets from 256 up where a table lists it",
                     ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=DequantConfig, plan=plan,
-                    m_min=256),)
+                    m_min=256, layouts=("standard", "kplanes")),)

@@ -58,8 +58,10 @@ def plan(cfg: GemmConfig, launch, problem, target, interpret: bool) -> LaunchPla
     grid, ws = gemm_grid_and_workspace(cfg, problem)
     consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm", _gemm_kernel, grid, consts,
-                      {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws)
+                      {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws,
+                      x_kplanes=cfg.BLOCK_K if problem.layout == "kplanes" and cfg.BLOCK_K < 128 else 0)
 
 
 SPECS = (KernelSpec("triton_gemm", "Triton tiled fused W4A16 GEMM on the matrix units, optional split-K",
-                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmConfig, plan=plan, matrix_units=True),)
+                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmConfig, plan=plan, matrix_units=True,
+                    layouts=("standard", "kplanes")),)

@@ -13,7 +13,8 @@ from .triton_gemv import common_constexprs
 @dataclasses.dataclass(frozen=True)
 class GemmPlanesConfig(GemmConfig):
     """GemmConfig plus TRANS (compute ``out^T = W^T x^T``: the weight is the left operand) and XPERM (the
-    launch regroups each K tile of x plane by plane, so a plane's activations are one vector load).
+    launch regroups each K tile of x plane by plane, so a plane's activations are one vector load; a
+    kplanes weight has its planes in K order already, so nothing is regrouped).
     BLOCK_K >= 128 (a dot of K = BLOCK_K/8 >= 16 per plane) and <= the group."""
 
     TRANS: bool = False
@@ -35,9 +36,9 @@ def plan(cfg: GemmPlanesConfig, launch, problem, target, interpret: bool) -> Lau
     consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm_planes", _gemm_planes_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments,
-                      x_regroup=cfg.BLOCK_K if cfg.XPERM else 0, workspace=ws)
+                      x_regroup=cfg.BLOCK_K if cfg.XPERM and problem.layout == "standard" else 0, workspace=ws)
 
 
 SPECS = (KernelSpec("triton_gemm_planes", "Triton fused GEMM over nibble planes (eight dots per K tile, 16-bit "
                     "decode, no conversion instructions)", ("cuda", "cdna", "rdna"), ("float16", "bfloat16"),
-                    config=GemmPlanesConfig, plan=plan, matrix_units=True),)
+                    config=GemmPlanesConfig, plan=plan, matrix_units=True, layouts=("standard", "kplanes")),)

@@ -60,10 +60,11 @@ def plan(cfg: GemmWideConfig, launch, problem, target, interpret: bool) -> Launc
     grid, ws = wide_grid_and_workspace(cfg, problem, target.family)
     consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm_wide", _gemm_wide_kernel, grid, consts,
-                      {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws)
+                      {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws,
+                      x_kplanes=cfg.BLOCK_K if problem.layout == "kplanes" and cfg.BLOCK_K < 128 else 0)
 
 
 SPECS = (KernelSpec("triton_gemm_wide", "Triton fused W4A16 GEMM for prefill M: wide tiles, 16-bit decode of "
                     "the whole K tile, one dot per K tile, optional persistent grid",
                     ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemmWideConfig, plan=plan,
-                    matrix_units=True),)
+                    matrix_units=True, layouts=("standard", "kplanes")),)

@@ -48,7 +48,8 @@ def gemv_grid_and_workspace(cfg, problem):
 
 
 def common_constexprs(problem) -> dict:
-    return dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, HAS_BIAS=problem.has_bias)
+    return dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, HAS_BIAS=problem.has_bias,
+                KPLANES=problem.layout == "kplanes")
 
 
 def plan(cfg: GemvConfig, launch, problem, target, interpret: bool) -> LaunchPlan:
@@ -60,4 +61,4 @@ def plan(cfg: GemvConfig, launch, problem, target, interpret: bool) -> LaunchPla
 
 
 SPECS = (KernelSpec("triton_gemv", "Triton split-K GEMV (fp32 FMA, no matrix units) for decode-sized M",
-                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemvConfig, plan=plan, m_max=4),)
+                    ("cuda", "cdna", "rdna"), ("float16", "bfloat16"), config=GemvConfig, plan=plan, m_max=4, layouts=("standard", "kplanes")),)

@@ -43,4 +43,4 @@ def plan(cfg: GemvStreamConfig, launch, problem, target, interpret: bool) -> Lau
 
 SPECS = (KernelSpec("triton_gemv_stream", "Triton split-K GEMV streaming K tiles with the next tile prefetched "
                     "into registers", ("cuda", "cdna", "rdna"), ("float16", "bfloat16"),
-                    config=GemvStreamConfig, plan=plan, m_max=4),)
+                    config=GemvStreamConfig, plan=plan, m_max=4, layouts=("standard", "kplanes")),)

@@ -67,21 +67,64 @@ def _plane_lo(packed, I: tl.constexpr):
 
 
 @triton.jit
-def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE: tl.constexpr):
+def _krows(k0, BLOCK_K: tl.constexpr, KPLANES: tl.constexpr):
+    """[BLOCK_K/8] K row of nibble 0 of each word row of the K tile at ``k0``; nibble i is that row plus
+    16 i (kplanes) or i (standard).  Standard: ``k0 + 8 r``.  kplanes (formats/kplanes.py; BLOCK_K divides 128 or
+    is a multiple of it): word ``16 t + r`` holds rows ``128 t + 16 i + r``, written so that the compiler
+    sees the rows of one nibble as contiguous runs (vector loads of x)."""
+    r = tl.arange(0, BLOCK_K // 8)
+    if KPLANES:
+        if BLOCK_K <= 128:
+            TPB: tl.constexpr = 128 // BLOCK_K          # K tiles per 128-row block
+            t = k0 // BLOCK_K
+            return (t // TPB) * 128 + (t % TPB) * (BLOCK_K // 8) + r
+        else:
+            return k0 + (r // 16) * 128 + r % 16
+    else:
+        return k0 + r * 8
+
+
+@triton.jit
+def _kcols(k0, BLOCK_K: tl.constexpr, KPLANES: tl.constexpr):
+    """[BLOCK_K] K index of each row of a decoded K tile: ``k0 + p`` for the standard layout (natural
+    order); for kplanes, decoded plane-major (row ``p = i * BLOCK_K/8 + r`` is nibble i of word row r,
+    ``PLANES_FIRST``), the K row ``_krows[r] + 16 i`` -- for BLOCK_K = 128 that is ``k0 + p`` again."""
+    p = tl.arange(0, BLOCK_K)
+    if KPLANES and BLOCK_K != 128:
+        BK8: tl.constexpr = BLOCK_K // 8
+        if BLOCK_K < 128:
+            TPB: tl.constexpr = 128 // BLOCK_K
+            t = k0 // BLOCK_K
+            return (t // TPB) * 128 + (t % TPB) * BK8 + (p // BK8) * 16 + p % BK8
+        else:
+            r = p % BK8
+            return k0 + (r // 16) * 128 + (p // BK8) * 16 + r % 16
+    else:
+        return k0 + p
+
+
+@triton.jit
+def _dequant_tile(packed, s, z, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE: tl.constexpr,
+                  PLANES_FIRST: tl.constexpr = False):
     """fp32 [BLOCK_K, BLOCK_N] exact ``(q - z) * s`` (or ``q - z`` when not SCALE) from packed
-    [BLOCK_K/8, BLOCK_N] and fp32 s, z [BLOCK_N].  Rows come out in natural k order (row 8r + i is
-    nibble i of word row r)."""
+    [BLOCK_K/8, BLOCK_N] and fp32 s, z [BLOCK_N].  Rows come out word-major (row 8r + i is nibble i of
+    word row r: natural k order in the standard layout), or plane-major with PLANES_FIRST (row
+    ``i * BLOCK_K/8 + r``: natural order of a 128-row kplanes tile; :func:`_kcols` says which K each is)."""
     i = tl.arange(0, 8)
     sh = tl.where(i >= 5, 12, 0)
     p = 4 * i - sh
     mask = tl.full((8,), 15, tl.int32) << p
     magic = (150 - p) << 23                                   # fp32 bits of 2**(23-p)
     offset = magic.to(tl.float32, bitcast=True)               # 2**(23-p)
-    src = packed[:, None, :] >> sh[None, :, None]
-    bits = (src & mask[None, :, None]) | magic[None, :, None]
-    v = bits.to(tl.float32, bitcast=True)                     # 2**(23-p) + q
     zm = offset[:, None] + z[None, :]                         # [8, BN], exact
-    w = v - zm[None, :, :]                                    # q - z, exact
+    if PLANES_FIRST:
+        src = packed[None, :, :] >> sh[:, None, None]
+        bits = (src & mask[:, None, None]) | magic[:, None, None]
+        w = bits.to(tl.float32, bitcast=True) - zm[:, None, :]   # [8, BK8, BN]: q - z, exact
+    else:
+        src = packed[:, None, :] >> sh[None, :, None]
+        bits = (src & mask[None, :, None]) | magic[None, :, None]
+        w = bits.to(tl.float32, bitcast=True) - zm[None, :, :]   # [BK8, 8, BN]
     if SCALE:
         w = w * s[None, None, :]
     return tl.reshape(w, (BLOCK_K, BLOCK_N))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _dequant_tile, _finish, _magic16, _plane_act, _scale_zero, _tile_coords, _zero_codes
+from .decode import (_dequant_tile, _finish, _kcols, _krows, _magic16, _plane_act, _scale_zero, _tile_coords,
+                     _zero_codes)
 
 
 @triton.jit
@@ -25,7 +26,10 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                 SCALE_AFTER: tl.constexpr):
+                 SCALE_AFTER: tl.constexpr, KPLANES: tl.constexpr = False):
+    """KPLANES: the weight is in the kplanes layout: the tile is decoded plane-major; x is the contiguous
+    K tile for BLOCK_K <= 128 (for BLOCK_K < 128 the launch regroups x into each tile's decode order,
+    ``LaunchPlan.x_kplanes``) and read at each decoded row's K (``decode._kcols``) for BLOCK_K > 128."""
     pid_m, pid_n, num_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
 
@@ -39,22 +43,26 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
     k_tiles = K // BLOCK_K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+    x_rows = x_ptr + offs_m[:, None] * stride_xm
     w_tile = qw_ptr + offs_k8[:, None] * stride_qk + offs_n[None, :]
     for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
         k0 = t * BLOCK_K
-        a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
+        if KPLANES and BLOCK_K > 128:
+            a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[None, :], mask=mask_m[:, None], other=0.0)
+        else:
+            a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
         packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
         s, z = _scale_zero(qz_ptr, s_ptr, k0 // GROUP_SIZE, offs_n, mask_n, stride_zg, stride_sg, HAS_ZEROS)
         if SCALE_AFTER:
             # B = q - z (small integers, exact in fp16/bf16); the group's scale multiplies the product
-            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, False).to(a.dtype)
+            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, False, KPLANES).to(a.dtype)
             if UPCAST_DOT:
                 part = tl.dot(a.to(tl.float32), w.to(tl.float32))
             else:
                 part = tl.dot(a, w)
             acc += part * s[None, :]
         else:
-            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, True).to(a.dtype)  # rounded once, like the user's dequant
+            w = _dequant_tile(packed, s, z, BLOCK_K, BLOCK_N, True, KPLANES).to(a.dtype)  # rounded once, like the user's dequant
             if UPCAST_DOT:  # interpreter only: its bf16 dot is wrong; fp32 of bf16 values is the same product
                 acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
             else:
@@ -69,7 +77,8 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
                         GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                        SCALE_AFTER: tl.constexpr, TRANS: tl.constexpr, XPERM: tl.constexpr):
+                        SCALE_AFTER: tl.constexpr, TRANS: tl.constexpr, XPERM: tl.constexpr,
+                        KPLANES: tl.constexpr = False):
     """Like ``_gemm_kernel`` but each K tile is eight dots of K = BLOCK_K/8, one per nibble plane.
 
     Plane i of the packed tile [BLOCK_K/8, BLOCK_N] holds rows k0 + 8r + i; it is multiplied by the
@@ -79,7 +88,9 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
     rounded once.  TRANS computes out^T = W^T x^T so the weight is the left (register-capable) operand.
     XPERM: x arrives with each K tile's columns regrouped plane by plane (``launch`` makes that copy), so
     a plane's activations are contiguous -- vector loads instead of a stride-8 gather, which matters once
-    the x tile is as large as the weight tile (M >= 64).
+    the x tile is as large as the weight tile (M >= 64).  KPLANES: the weight is in the kplanes layout,
+    whose plane i already holds contiguous K rows (``decode._krows`` + 16 i): x is read as it is (the
+    launch regroups nothing).
     """
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     pid_m, pid_n, num_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -97,17 +108,25 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
     else:
         XR: tl.constexpr = 8      # k0 + 8 r + i
         XI: tl.constexpr = 1
+    if KPLANES:
+        XI2: tl.constexpr = 16
+    else:
+        XI2: tl.constexpr = XI
     if TRANS:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        x_tile = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None] * XR     # [BK8, BM]
+        x_tile = x_ptr + offs_m[None, :] * stride_xm     # [1, BM]; + K rows [BK8, 1]
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :] * XR     # [BM, BK8]
+        x_tile = x_ptr + offs_m[:, None] * stride_xm     # [BM, 1]; + K rows [1, BK8]
     k_tiles = K // BLOCK_K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
     for t in range(pid_k * per_split, min(k_tiles, (pid_k + 1) * per_split)):
         k0 = t * BLOCK_K
+        if KPLANES:
+            xk = _krows(k0, BLOCK_K, True)
+        else:
+            xk = k0 + offs_r * XR
         packed = tl.load(w_tile + (k0 // 8) * stride_qk, mask=mask_n[None, :], other=0)
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
@@ -130,7 +149,7 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
                 if not SCALE_AFTER:
                     w = w * s[None, :]                           # rounded once, like the user's dequant
             if TRANS:
-                a = tl.load(x_tile + (k0 + i * XI), mask=mask_m[None, :], other=0.0)
+                a = tl.load(x_tile + (xk + i * XI2)[:, None], mask=mask_m[None, :], other=0.0)
                 if UPCAST_DOT:
                     a = a.to(tl.float32)
                     wt = tl.trans(w.to(tl.float32))
@@ -141,7 +160,7 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
                 else:
                     acc = tl.dot(wt, a, acc)
             else:
-                a = tl.load(x_tile + (k0 + i * XI), mask=mask_m[:, None], other=0.0)
+                a = tl.load(x_tile + (xk + i * XI2)[None, :], mask=mask_m[:, None], other=0.0)
                 if UPCAST_DOT:
                     a = a.to(tl.float32)
                     w = w.to(tl.float32)

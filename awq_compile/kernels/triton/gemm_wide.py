@@ -29,18 +29,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _grouped_tile, _magic16, _zero_codes
+from .decode import _grouped_tile, _kcols, _magic16, _zero_codes
 
 
 @triton.jit
 def _decode_tile(packed, s, zm, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr,
-                 EXACT_F32: tl.constexpr):
+                 EXACT_F32: tl.constexpr, PLANES_FIRST: tl.constexpr = False):
     """[BLOCK_K, BLOCK_N] ``(q - z) * s`` in ACT from packed [BLOCK_K/8, BLOCK_N] int32, ``zm = MAGIC + z``
-    [BLOCK_N] in ACT and s [BLOCK_N]; natural K order.  EXACT_F32: the scale is not in ACT (or the
-    interpreter runs: its 16-bit float arithmetic is not the GPU's): the exact product in fp32, rounded
-    once to ACT."""
+    [BLOCK_N] in ACT and s [BLOCK_N]; word-major rows (natural K order of the standard layout), or
+    plane-major with PLANES_FIRST (natural K order of a 128-row kplanes tile; ``decode._kcols``).
+    EXACT_F32: the scale is not in ACT (or the interpreter runs: its 16-bit float arithmetic is not the
+    GPU's): the exact product in fp32, rounded once to ACT."""
     sh = 4 * tl.arange(0, 8)
-    q = ((packed[:, None, :] >> sh[None, :, None]) & 15).to(tl.int16)
+    if PLANES_FIRST:
+        q = ((packed[None, :, :] >> sh[:, None, None]) & 15).to(tl.int16)      # [8, BK8, BN]
+    else:
+        q = ((packed[:, None, :] >> sh[None, :, None]) & 15).to(tl.int16)      # [BK8, 8, BN]
     if EXACT_F32:
         w = _magic16(q, ACT).to(tl.float32) - zm.to(tl.float32)[None, None, :]
         w = (w * s.to(tl.float32)[None, None, :]).to(ACT)
@@ -55,8 +59,12 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
                pid_m, pid_n, pid_k,
                GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-               UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr):
-    """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over this program's share of K."""
+               UPCAST_DOT: tl.constexpr, TRANS: tl.constexpr, KPLANES: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] partial product of one output tile over this program's share of K.
+    KPLANES: kplanes weight, decoded plane-major; x is the contiguous K tile when BLOCK_K = 128, also
+    when BLOCK_K < 128 (the launch regroups x into each tile's decode order: ``LaunchPlan.x_kplanes``;
+    read in place, its runs of BLOCK_K/8 rows measured 2.1-2.3x slower on the H200), and read at each
+    decoded row's K (``decode._kcols``, runs of 16 rows) when BLOCK_K > 128."""
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     EXACT_F32: tl.constexpr = UPCAST_DOT or (s_ptr.dtype.element_ty != ACT)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -68,9 +76,11 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
     if TRANS:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         x_tile = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None]           # x^T [BK, BM]
+        x_rows = x_ptr + offs_m[None, :] * stride_xm
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         x_tile = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]           # x [BM, BK]
+        x_rows = x_ptr + offs_m[:, None] * stride_xm
     w_tile = qw_ptr + offs_r[:, None] * stride_qk + offs_n[None, :]
     k_tiles = K // BLOCK_K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
@@ -82,15 +92,21 @@ def _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk, stri
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
         zq = _zero_codes(qz_ptr, g, offs_n, mask_n, stride_zg, HAS_ZEROS)
-        w = _decode_tile(packed, s, _magic16(zq, ACT), BLOCK_K, BLOCK_N, ACT, EXACT_F32)
+        w = _decode_tile(packed, s, _magic16(zq, ACT), BLOCK_K, BLOCK_N, ACT, EXACT_F32, KPLANES)
         if TRANS:
-            a = tl.load(x_tile + k0, mask=mask_m[None, :], other=0.0)
+            if KPLANES and BLOCK_K > 128:
+                a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[:, None], mask=mask_m[None, :], other=0.0)
+            else:
+                a = tl.load(x_tile + k0, mask=mask_m[None, :], other=0.0)
             if UPCAST_DOT:  # interpreter only: its bf16 dot is wrong; fp32 of the same values
                 acc = tl.dot(tl.trans(w.to(tl.float32)), a.to(tl.float32), acc)
             else:
                 acc = tl.dot(tl.trans(w), a, acc)
         else:
-            a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
+            if KPLANES and BLOCK_K > 128:
+                a = tl.load(x_rows + _kcols(k0, BLOCK_K, True)[None, :], mask=mask_m[:, None], other=0.0)
+            else:
+                a = tl.load(x_tile + k0, mask=mask_m[:, None], other=0.0)
             if UPCAST_DOT:
                 acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
             else:
@@ -106,7 +122,7 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                      TRANS: tl.constexpr, PERSIST: tl.constexpr):
+                      TRANS: tl.constexpr, PERSIST: tl.constexpr, KPLANES: tl.constexpr = False):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     tiles = num_m * num_n
@@ -120,7 +136,8 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
         pid_m, pid_n = _grouped_tile(tile, num_m, num_n, GROUP_M)
         acc, offs_m, offs_n = _wide_tile(x_ptr, qw_ptr, qz_ptr, s_ptr, M, N, K, stride_xm, stride_qk,
                                          stride_zg, stride_sg, pid_m, pid_n, tl.program_id(1), GROUP_SIZE,
-                                         HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS)
+                                         HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS,
+                                         KPLANES)
         _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
                     stride_om, SPLIT_K, HAS_BIAS)
 

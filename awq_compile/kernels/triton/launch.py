@@ -1,4 +1,11 @@
-"""Run a :class:`~awq_compile.kernels.spec.LaunchPlan` on tensors; the split-K workspace.
+"""Run a :class:`~awq_compile.kernels.spec.LaunchPlan` on tensors; the workspaces.
+
+Two kinds of fp32 workspace (each with its own int32 tile tickets, kept zeroed by the kernels), per
+device: ``atomic`` -- the split-K partial sums, fp32 atomics into memory the kernels leave zeroed -- and
+``slots`` -- the stripe kernel's per-contributor partial tiles, plain stores that are always written
+before they are read, so they hold garbage between calls and must never be handed to an atomic kernel.
+Both must exist before CUDA-graph capture: :func:`reserve_workspace` (split-K, sized by rows x N) and
+:func:`reserve_for_plan` (whatever a plan's entries need, slots included) allocate them up front.
 
 :func:`run` is the one entry point: (kernel id, config, launch options, tensors, target, interpret) ->
 the plan of :func:`~awq_compile.kernels.spec.plan_launch` (cached per problem) -> :func:`launch`.
@@ -14,22 +21,28 @@ from ..problem import Problem
 from ..spec import LaunchOptions, LaunchPlan, Operands, plan_launch
 from ..specs import get_spec
 
-__all__ = ["run", "launch", "reserve_workspace", "RESERVE_ROWS"]
+__all__ = ["run", "launch", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
+           "WORKSPACE_KINDS"]
+
+WORKSPACE_KINDS = ("atomic", "slots")
 
 
 class _Workspace:
-    """Per-device fp32 split-K workspace and tile tickets, kept zeroed by the kernels themselves."""
+    """Per-device, per-kind fp32 workspace and tile tickets (tickets always kept zeroed by the kernels;
+    the ``atomic`` workspace too, the ``slots`` one never read before it is written)."""
 
     def __init__(self):
         self._bufs: dict = {}
 
-    def get(self, device, numel: int, tiles: int):
-        key = (device.type, device.index)
+    def get(self, device, numel: int, tiles: int, kind: str = "atomic"):
+        if kind not in WORKSPACE_KINDS:
+            raise ValueError(f"unknown workspace kind {kind!r}; kinds: {WORKSPACE_KINDS}")
+        key = (device.type, device.index, kind)
         ws, lock = self._bufs.get(key, (None, None))
         if ws is None or ws.numel() < numel or lock.numel() < tiles:
             if torch.cuda.is_available() and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("awq_compile: split-K workspace must grow during CUDA-graph capture; "
-                                   "run the largest batch once eagerly before capturing")
+                raise RuntimeError(f"awq_compile: the {kind} workspace (split-K / stripe partial sums) must grow "
+                                   "during CUDA-graph capture; run the largest batch once eagerly before capturing")
             n = max(numel, 0 if ws is None else ws.numel())
             t = max(tiles, 0 if lock is None else lock.numel())
             ws = torch.zeros(max(n, 1), dtype=torch.float32, device=device)
@@ -41,6 +54,11 @@ class _Workspace:
 @functools.lru_cache(maxsize=None)
 def _workspace() -> _Workspace:
     return _Workspace()
+
+
+def workspace(device, numel: int, tiles: int, kind: str = "atomic"):
+    """The device's (fp32 workspace, int32 tickets) of ``kind``, grown to at least ``numel`` / ``tiles``."""
+    return _workspace().get(torch.device(device), numel, tiles, kind)
 
 
 # Split-K is only planned for small M; reserving for this many rows up front keeps the workspace from being
@@ -64,10 +82,19 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
         M, K = x2d.shape
         bk = plan.x_regroup
         x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
+    if plan.x_kplanes:
+        # kplanes: row 128 t + 16 i + BK8 h + r of block t is nibble i of word row r of K tile h; the kernels
+        # decode a tile plane-major (row i BK8 + r), so x's columns of tile h go in that order -- one copy,
+        # after which every K tile of x is one contiguous (asynchronously copied) load
+        M, K = x2d.shape
+        bk = plan.x_kplanes
+        x2d = x2d.reshape(M, K // 128, 8, 128 // bk, bk // 8).transpose(2, 3).reshape(M, K)     # a copy
     ops = Operands(x2d, qweight, qzeros, scales, bias, out)
     if plan.workspace is not None:
-        get = workspace if workspace is not None else (lambda n, t: _workspace().get(x2d.device, n, t))
-        ops.workspace, ops.tickets = get(*plan.workspace)
+        if workspace is not None:
+            ops.workspace, ops.tickets = workspace(*plan.workspace)
+        else:
+            ops.workspace, ops.tickets = _workspace().get(x2d.device, *plan.workspace, plan.workspace_kind)
     fn, kwargs = wrap(plan) if wrap is not None else (plan.fn, plan.kwargs)
     if plan.dense_weight:
         K, N = x2d.shape[1], qweight.shape[1]
@@ -86,11 +113,34 @@ def _plan(kernel: str, config, launch_opts, problem: Problem, target, interpret:
 
 
 def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qzeros, scales, bias, out,
-        group_size: int, target, *, interpret: bool):
-    """Run ``kernel`` with ``config`` on x [M, K] for ``target`` (the plan's target); writes out [M, N]."""
+        group_size: int, target, *, interpret: bool, layout: str = "standard"):
+    """Run ``kernel`` with ``config`` on x [M, K] for ``target`` (the plan's target) with the weight in
+    ``layout``; writes out [M, N]."""
     M, K = x2d.shape
     problem = Problem(K, qweight.shape[1], group_size, qzeros is not None, str(x2d.dtype)[6:],
-                      has_bias=bias is not None, m=M)
+                      has_bias=bias is not None, m=M, layout=layout)
     plan = _plan(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
                  interpret)
     return launch(plan, x2d, qweight, qzeros, scales, bias, out)
+
+
+def reserve_for_plan(plan, problem: Problem, device) -> None:
+    """Allocate now (outside graph capture) the ``slots`` workspace every entry of ``plan`` (a
+    :class:`~awq_compile.kernels.registry.Plan`) can need for ``problem`` at any M of its bucket up to
+    :data:`RESERVE_ROWS` (the ``atomic`` one is :func:`reserve_workspace`'s)."""
+    device = torch.device(device)
+    lo, need = 1, {}
+    for e in plan.entries:
+        hi = e.m_max if e.m_max is not None else RESERVE_ROWS
+        if e.config is not None and lo <= RESERVE_ROWS:
+            spec = get_spec(e.kernel)
+            for m in range(lo, min(hi, RESERVE_ROWS) + 1):
+                # plan_launch itself, not the launcher's cache: these M are not calls, and must not evict them
+                lp = plan_launch(spec, e.config, e.launch or LaunchOptions(),
+                                 problem.with_m(m).with_layout(plan.layout), plan.target)
+                if lp.workspace is not None and lp.workspace_kind == "slots":
+                    n, t = need.get("slots", (0, 0))
+                    need["slots"] = (max(n, lp.workspace[0]), max(t, lp.workspace[1]))
+        lo = (e.m_max or 0) + 1
+    for kind, (n, t) in need.items():
+        _workspace().get(device, n, t, kind)

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .decode import _magic16, _plane_act
+from .launch import workspace
 
 __all__ = ["StripeConfig", "stripe_linear", "stripe_grid", "check_config"]
 
@@ -421,36 +422,10 @@ def _stripe_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock
 
 
 # ----------------------------------------------------------------------------------------------------
-class _Workspace:
-    """Per-device fp32 partial-sum workspace and tile tickets, kept zeroed by the kernel itself."""
-
-    def __init__(self):
-        self._bufs: dict = {}
-
-    def get(self, device, numel: int, tiles: int, kind: str):
-        """``kind`` "atomic" buffers are kept zeroed; "slots" buffers hold garbage between calls (never mix)."""
-        key = (device.type, device.index, kind)
-        ws, lock = self._bufs.get(key, (None, None))
-        if ws is None or ws.numel() < numel or lock.numel() < tiles:
-            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("awq_compile: the stripe kernel's workspace must grow during CUDA-graph "
-                                   "capture; run the largest batch once eagerly before capturing")
-            n = max(numel, 0 if ws is None else ws.numel(), 1)
-            t = max(tiles, 0 if lock is None else lock.numel(), 1)
-            ws = torch.zeros(n, dtype=torch.float32, device=device)
-            lock = torch.zeros(t, dtype=torch.int32, device=device)
-            self._bufs[key] = (ws, lock)
-        return ws, lock
-
-
-_WORKSPACES: list = []
+# The standalone launcher (benchmarks/stripe_sweep.py, stripe_profile.py and tests/kernels/test_stripe.py):
+# every StripeConfig variant, including the standard-layout bodies (WIDE, PAIRS) the layer does not offer.
+# The layer's launch is planned by specs/triton_stripe.py.
 _SMS: dict = {}
-
-
-def _workspace() -> _Workspace:
-    if not _WORKSPACES:
-        _WORKSPACES.append(_Workspace())
-    return _WORKSPACES[0]
 
 
 def _sm_count(device) -> int:
@@ -496,7 +471,8 @@ def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: Stri
         ws_numel = tiles * c_max * cfg.BLOCK_M * cfg.BLOCK_N
     else:
         ws_numel = triton.cdiv(M, cfg.BLOCK_M) * cfg.BLOCK_M * N
-    ws, lock = _workspace().get(x2d.device, ws_numel, tiles, "slots" if cfg.SLOTS else "atomic")
+    # the kernel layer's per-device workspaces (kernels/triton/launch.py): slots, or the zero-kept atomic one
+    ws, lock = workspace(x2d.device, ws_numel, tiles, "slots" if cfg.SLOTS else "atomic")
     _stripe_kernel[(P,)](
         x2d, qweight, qzeros if qzeros is not None else qweight, scales,
         bias if bias is not None else scales, out, ws, lock,
