@@ -151,3 +151,12 @@ def test_prune_split_k_against_groups_and_tiles():
     # the streaming GEMV splits K tiles, not groups
     assert prune("triton_gemv_stream", dict(cfg, SPLIT_K=64), K=4096, N=64, group_size=128) is None
     assert "K tiles" in prune("triton_gemv_stream", dict(cfg, SPLIT_K=256), K=4096, N=64, group_size=128)
+
+
+def test_stripe_spec_refuses_the_fma_body_for_tables():
+    """Triton 3.6 could not compile the stripe kernel's FMA body (DOT=0) for every problem on the H200, so the
+    kernel layer never plans it; the matrix-unit body stays offered."""
+    dot = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, STAGES=3, PER_SM=2, num_stages=1)
+    assert prune("triton_stripe", dot, K=4096, N=4096, group_size=128) is None
+    why = prune("triton_stripe", dict(dot, BLOCK_M=1, DOT=0), K=4096, N=4096, group_size=128)
+    assert why and "DOT=0" in why
