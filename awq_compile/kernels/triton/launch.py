@@ -128,19 +128,29 @@ def reserve_for_plan(plan, problem: Problem, device) -> None:
     """Allocate now (outside graph capture) the ``slots`` workspace every entry of ``plan`` (a
     :class:`~awq_compile.kernels.registry.Plan`) can need for ``problem`` at any M of its bucket up to
     :data:`RESERVE_ROWS` (the ``atomic`` one is :func:`reserve_workspace`'s)."""
-    device = torch.device(device)
-    lo, need = 1, {}
+    n, t = _slots_need(plan, problem)
+    if n:
+        _workspace().get(torch.device(device), n, t, "slots")
+
+
+@functools.lru_cache(maxsize=256)
+def _slots_need(plan, problem: Problem) -> tuple[int, int]:
+    """(fp32 elements, tickets) of the ``slots`` workspace ``plan``'s entries need for ``problem`` up to
+    :data:`RESERVE_ROWS` rows -- computed once per (plan, problem), however many layers share them.  An entry's
+    workspace kind is fixed by its config, so one launch plan tells whether its bucket needs the M sweep."""
+    lo, n, t = 1, 0, 0
     for e in plan.entries:
-        hi = e.m_max if e.m_max is not None else RESERVE_ROWS
-        if e.config is not None and lo <= RESERVE_ROWS:
+        hi = min(e.m_max if e.m_max is not None else RESERVE_ROWS, RESERVE_ROWS)
+        if e.config is not None and lo <= hi:
             spec = get_spec(e.kernel)
-            for m in range(lo, min(hi, RESERVE_ROWS) + 1):
-                # plan_launch itself, not the launcher's cache: these M are not calls, and must not evict them
-                lp = plan_launch(spec, e.config, e.launch or LaunchOptions(),
-                                 problem.with_m(m).with_layout(plan.layout), plan.target)
-                if lp.workspace is not None and lp.workspace_kind == "slots":
-                    n, t = need.get("slots", (0, 0))
-                    need["slots"] = (max(n, lp.workspace[0]), max(t, lp.workspace[1]))
+            opts = e.launch or LaunchOptions()
+            # plan_launch itself, not the launcher's cache: these M are not calls, and must not evict them
+            lps = (plan_launch(spec, e.config, opts, problem.with_m(m).with_layout(plan.layout), plan.target)
+                   for m in range(lo, hi + 1))
+            first = next(lps)
+            if first.workspace_kind == "slots":
+                for lp in (first, *lps):
+                    if lp.workspace is not None:
+                        n, t = max(n, lp.workspace[0]), max(t, lp.workspace[1])
         lo = (e.m_max or 0) + 1
-    for kind, (n, t) in need.items():
-        _workspace().get(device, n, t, kind)
+    return n, t
