@@ -70,22 +70,35 @@ class StripeKernelConfig(KernelConfig):
         return max(self.STAGES - 1, 1) * per_stage
 
 
-def stripe_shape(cfg: StripeKernelConfig, problem, target) -> tuple[int, int, int, int]:
-    """(programs, output tiles, C_MAX, units) of a launch for ``problem`` (``problem.m``: the concrete M)."""
-    tiles = -(-problem.m // cfg.BLOCK_M) * -(-problem.N // cfg.BLOCK_N)
-    kt = problem.K // cfg.BLOCK_K
+def stripe_geometry(cfg, M: int, N: int, K: int, sms: int) -> tuple[int, int, int, int]:
+    """(programs, output tiles, C_MAX, units) of a launch of the stripe kernel with ``cfg`` (anything with
+    BLOCK_M / BLOCK_N / BLOCK_K / PER_SM: this spec's config or the standalone launcher's) on ``sms``
+    multiprocessors: PER_SM per SM, at most one program per (tile, K tile) unit."""
+    tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N)
+    kt = K // cfg.BLOCK_K
     units = tiles * kt
-    programs = max(1, min(cfg.PER_SM * max(target.compute_units, 1), units))
+    programs = max(1, min(cfg.PER_SM * max(sms, 1), units))
     c_max = -(-kt // max(units // programs, 1)) + 1          # programs whose stripes can meet in one tile
     return programs, tiles, c_max, units
+
+
+def stripe_workspace_size(cfg, M: int, N: int, tiles: int, c_max: int) -> tuple[int, int]:
+    """(fp32 elements, tile tickets) in the launch's workspace kind: one slot per contributor of every tile
+    (``slots``), or the [M rounded up to BLOCK_M, N] partial sums (``atomic``)."""
+    if cfg.SLOTS:
+        return tiles * c_max * cfg.BLOCK_M * cfg.BLOCK_N, tiles
+    return -(-M // cfg.BLOCK_M) * cfg.BLOCK_M * N, tiles
+
+
+def stripe_shape(cfg: StripeKernelConfig, problem, target) -> tuple[int, int, int, int]:
+    """(programs, output tiles, C_MAX, units) of a launch for ``problem`` (``problem.m``: the concrete M)."""
+    return stripe_geometry(cfg, problem.m, problem.N, problem.K, target.compute_units)
 
 
 def stripe_workspace(cfg: StripeKernelConfig, problem, target) -> tuple[int, int]:
     """(fp32 elements, tile tickets) the launch needs in its workspace kind (``slots`` or ``atomic``)."""
     programs, tiles, c_max, _ = stripe_shape(cfg, problem, target)
-    if cfg.SLOTS:
-        return tiles * c_max * cfg.BLOCK_M * cfg.BLOCK_N, tiles
-    return -(-problem.m // cfg.BLOCK_M) * cfg.BLOCK_M * problem.N, tiles
+    return stripe_workspace_size(cfg, problem.m, problem.N, tiles, c_max)
 
 
 def stripe_arguments(o: Operands, *, c_max: int) -> tuple:

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .decode import _magic16, _plane_act
+from ..specs.triton_stripe import stripe_geometry, stripe_workspace_size
 from .launch import workspace
 
 __all__ = ["StripeConfig", "stripe_linear", "stripe_grid", "check_config"]
@@ -437,9 +438,8 @@ def _sm_count(device) -> int:
 
 
 def stripe_grid(cfg: StripeConfig, M: int, N: int, K: int, sms: int) -> int:
-    """Programs launched: PER_SM per SM, at most one per unit of work."""
-    units = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N) * (K // cfg.BLOCK_K)
-    return max(1, min(cfg.PER_SM * sms, units))
+    """Programs launched: PER_SM per SM, at most one per unit of work (the spec's geometry)."""
+    return stripe_geometry(cfg, M, N, K, sms)[0]
 
 
 def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: StripeConfig, out=None, *,
@@ -460,19 +460,13 @@ def stripe_linear(x2d, qweight, qzeros, scales, bias, group_size: int, cfg: Stri
     if x2d.stride(1) != 1:
         x2d = x2d.contiguous()
     out = out if out is not None else torch.empty((M, N), dtype=x2d.dtype, device=x2d.device)
-    P = stripe_grid(cfg, M, N, K, sms or _sm_count(x2d.device))
-    tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
-    if (tiles * (K // cfg.BLOCK_K) + 1) * P >= 2 ** 31:
+    P, tiles, c_max, units = stripe_geometry(cfg, M, N, K, sms or _sm_count(x2d.device))
+    if (units + 1) * P >= 2 ** 31:
         raise ValueError(f"stripe_linear: {tiles} tiles x {K // cfg.BLOCK_K} K tiles on {P} programs "
                          "overflows 32-bit unit arithmetic")
-    units = tiles * (K // cfg.BLOCK_K)
-    c_max = triton.cdiv(K // cfg.BLOCK_K, max(units // P, 1)) + 1     # programs that can meet in one tile
-    if cfg.SLOTS:
-        ws_numel = tiles * c_max * cfg.BLOCK_M * cfg.BLOCK_N
-    else:
-        ws_numel = triton.cdiv(M, cfg.BLOCK_M) * cfg.BLOCK_M * N
     # the kernel layer's per-device workspaces (kernels/triton/launch.py): slots, or the zero-kept atomic one
-    ws, lock = workspace(x2d.device, ws_numel, tiles, "slots" if cfg.SLOTS else "atomic")
+    ws, lock = workspace(x2d.device, *stripe_workspace_size(cfg, M, N, tiles, c_max),
+                         "slots" if cfg.SLOTS else "atomic")
     _stripe_kernel[(P,)](
         x2d, qweight, qzeros if qzeros is not None else qweight, scales,
         bias if bias is not None else scales, out, ws, lock,
