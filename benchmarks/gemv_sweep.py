@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from .sweep import precompile, stress, time_config
+from .sweep import precompile, shape_weights, stress, sweep_meta, time_config
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -98,15 +98,12 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    import triton
-
     import awq_compile.runtime.op  # noqa: F401
-    from awq_compile.formats.standard import dequantize_standard
     from awq_compile.kernels.problem import Problem
     from awq_compile.kernels.registry import select
     from awq_compile.target import detect
 
-    from .common import AWQ, copies_for, copy_bandwidth_gbs, graph_time_us, random_awq, rel_err
+    from .common import copy_bandwidth_gbs, graph_time_us, rel_err
 
     ms = [int(m) for m in args.ms.split(",")]
     dtypes = args.dtypes.split(",")
@@ -115,11 +112,8 @@ def main(argv=None):
     failed = precompile(_run_cfg, specs, dtypes, args.jobs, K=2048, N=1024, M=1, G=G)
     print(f"# compiled {len(specs)} configs x {len(dtypes)} dtypes in "
           f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
-    dev = torch.cuda.get_device_properties(0)
     target = detect(torch.device("cuda"))
-    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), device=dev.name,
-                sms=dev.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
-                target=str(target), copy_gbs=round(copy_bandwidth_gbs(), 1))
+    meta = sweep_meta(target, copy_gbs=round(copy_bandwidth_gbs(), 1))
     print(f"# {meta}", flush=True)
     rows = []
     for dname in dtypes:
@@ -127,12 +121,8 @@ def main(argv=None):
         tol = args.tol * (10 if dname == "bfloat16" else 1)
         for shape in args.shapes.split(","):
             K, N = (int(v) for v in shape.split("x"))
-            R = copies_for(K * N // 2)
-            srcs = [random_awq(K, N, G, dtype=dtype, seed=r) for r in range(R)]
-            std = [AWQ.to_standard(*s) for s in srcs]
-            w64 = dequantize_standard(std[0].qweight, std[0].qzeros, std[0].scales.double(), G, torch.float64)
-            R16 = copies_for(K * N * 2)
-            fp16 = [AWQ.to_unpacked(*srcs[r % R]).dequantize(dtype) for r in range(R16)]
+            srcs, std, w64, fp16 = shape_weights(K, N, G, dtype)
+            R = len(srcs)
             same = [torch.randn(K // 4, N, dtype=dtype, device="cuda") for _ in range(R)]
             plan = select(Problem(K, N, G, True, dname), target)
             enc = plan.encode()

@@ -14,6 +14,34 @@ import torch
 from .common import graph_time_us, rel_err
 
 
+def shape_weights(K: int, N: int, G: int, dtype):
+    """The weights one (shape, dtype) row of a sweep times over: R random AWQ copies (>= 256 MB of codes),
+    their standard-layout repacks, the float64 reference weight of the first, and enough dequantised
+    copies for cuBLAS -- (srcs, std, w64, dense)."""
+    from awq_compile.formats.standard import dequantize_standard
+
+    from .common import AWQ, copies_for, random_awq
+
+    R = copies_for(K * N // 2)
+    srcs = [random_awq(K, N, G, dtype=dtype, seed=r) for r in range(R)]
+    std = [AWQ.to_standard(*s) for s in srcs]
+    w64 = dequantize_standard(std[0].qweight, std[0].qzeros, std[0].scales.double(), G, torch.float64)
+    dense = [AWQ.to_unpacked(*srcs[r % R]).dequantize(dtype) for r in range(copies_for(K * N * 2))]
+    return srcs, std, w64, dense
+
+
+def sweep_meta(target, **extra) -> dict:
+    """The run's facts every sweep records: date, device, SM count, torch / Triton versions, target."""
+    import datetime
+
+    import triton
+
+    dev = torch.cuda.get_device_properties(0)
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), device=dev.name,
+                sms=dev.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
+                target=str(target), **extra)
+
+
 def compile_worker(run_cfg, K: int, N: int, M: int, G: int, items):
     """Compile (spec, dtype) items by launching each once on a small K x N problem at M (the same
     specialisation as the timed shapes): [(spec, dtype name, error or None)]."""

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from .sweep import precompile, stress, time_config
+from .sweep import precompile, shape_weights, stress, sweep_meta, time_config
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -99,15 +99,12 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    import triton
-
     import awq_compile.runtime.op  # noqa: F401
-    from awq_compile.formats.standard import dequantize_standard
     from awq_compile.kernels.problem import Problem
     from awq_compile.kernels.registry import select
     from awq_compile.target import detect
 
-    from .common import AWQ, copies_for, graph_time_us, random_awq, rel_err
+    from .common import graph_time_us, rel_err
 
     ms = [int(m) for m in args.ms.split(",")]
     dtypes = args.dtypes.split(",")
@@ -116,10 +113,8 @@ def main(argv=None):
     failed = precompile(_run_cfg, all_specs, dtypes, args.jobs, K=512, N=512, M=64, G=G)
     print(f"# compiled {len(all_specs)} configs x {len(dtypes)} dtypes in "
           f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
-    dev = torch.cuda.get_device_properties(0)
     target = detect(torch.device("cuda"))
-    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), device=dev.name,
-                sms=dev.multi_processor_count, torch=torch.__version__, triton=triton.__version__, target=str(target))
+    meta = sweep_meta(target)
     print(f"# {meta}", flush=True)
     rows = []
     for dname in dtypes:
@@ -127,12 +122,7 @@ def main(argv=None):
         tol = args.tol * (10 if dname == "bfloat16" else 1)
         for shape in args.shapes.split(","):
             K, N = (int(v) for v in shape.split("x"))
-            R = copies_for(K * N // 2)
-            srcs = [random_awq(K, N, G, dtype=dtype, seed=r) for r in range(R)]
-            std = [AWQ.to_standard(*s) for s in srcs]
-            w64 = dequantize_standard(std[0].qweight, std[0].qzeros, std[0].scales.double(), G, torch.float64)
-            R16 = copies_for(K * N * 2)
-            fp16 = [AWQ.to_unpacked(*srcs[r % R]).dequantize(dtype) for r in range(R16)]
+            srcs, std, w64, fp16 = shape_weights(K, N, G, dtype)
             enc = select(Problem(K, N, G, True, dname), target).encode()
             op = torch.ops.awq_compile.w4a16_linear
             for M in ms:
