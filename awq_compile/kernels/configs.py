@@ -41,14 +41,13 @@ import json
 import re
 from importlib import resources
 
+from .problem import LAYOUTS
 from .spec import KernelConfig, LaunchOptions, ShapeFilter, TableError
 from .specs import all_specs
 
 __all__ = ["Candidate", "Bucket", "table_for", "source_for", "candidates", "triton_version_key",
            "available_tables", "parse_table", "layout_for", "TableError"]
 
-# the layouts a table may declare (formats/kplanes.py); "standard" is the default
-TABLE_LAYOUTS = ("standard", "kplanes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +122,8 @@ def parse_table(name: str, data, arch: str = "") -> dict:
         for slot, buckets in table.items():
             where_slot = f"{head}: tables[{version!r}][{slot!r}]"
             if slot == "layout":
-                if backend != "cuda" or buckets not in TABLE_LAYOUTS:
-                    raise TableError(f"{where_slot}: 'layout' is one of {TABLE_LAYOUTS} (CUDA tables only, where "
+                if backend != "cuda" or buckets not in LAYOUTS:
+                    raise TableError(f"{where_slot}: 'layout' is one of {LAYOUTS} (CUDA tables only, where "
                                      f"measured), found {buckets!r}")
                 continue                # read by layout_for (validated here)
             if slot not in slots:
