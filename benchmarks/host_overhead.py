@@ -33,7 +33,7 @@ import awq_compile.runtime.op  # noqa: F401  (registers torch.ops.awq_compile.w4
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select
 from awq_compile.kernels.spec import LaunchOptions, Operands
-from awq_compile.kernels.triton.launch import _plan, launch
+from awq_compile.kernels.triton.launch import launch, planned
 from awq_compile.runtime.weights import weight_cache
 from awq_compile.target import detect
 
@@ -85,7 +85,7 @@ def main(argv=None):
         row = {"op": host_us(lambda: op(x, q, z, s, None, [], "bench", "awq", G, enc, ""), args.calls)}
         if entry.config is not None:
             problem = Problem(K, N, G, True, "float16", m=M, layout=w.layout)
-            lp = _plan(entry.kernel, entry.config, entry.launch or LaunchOptions(), problem, target, False)
+            lp = planned(entry.kernel, entry.config, entry.launch or LaunchOptions(), problem, target, False)
             out = torch.empty(M, N, dtype=torch.float16, device="cuda")
             row["launch"] = host_us(lambda: launch(lp, x, w.qweight, w.qzeros, w.scales, None, out), args.calls)
             if not (lp.x_regroup or lp.x_kplanes or lp.dense_weight):

@@ -21,7 +21,7 @@ from ..problem import Problem
 from ..spec import LaunchOptions, LaunchPlan, Operands, plan_launch
 from ..specs import get_spec
 
-__all__ = ["run", "launch", "kplanes_regroup", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
+__all__ = ["run", "launch", "planned", "kplanes_regroup", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
            "WORKSPACE_KINDS"]
 
 WORKSPACE_KINDS = ("atomic", "slots")
@@ -127,8 +127,10 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(kernel: str, config, launch_opts, problem: Problem, target, interpret: bool) -> LaunchPlan:
+def planned(kernel: str, config, launch_opts, problem: Problem, target, interpret: bool) -> LaunchPlan:
+    """:func:`~awq_compile.kernels.spec.plan_launch` for a kernel id, cached per (config, problem, target)."""
     return plan_launch(get_spec(kernel), config, launch_opts, problem, target, interpret=interpret)
+
 
 
 def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qzeros, scales, bias, out,
@@ -138,7 +140,7 @@ def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qz
     M, K = x2d.shape
     problem = Problem(K, qweight.shape[1], group_size, qzeros is not None, str(x2d.dtype)[6:],
                       has_bias=bias is not None, m=M, layout=layout)
-    plan = _plan(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
+    plan = planned(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
                  interpret)
     return launch(plan, x2d, qweight, qzeros, scales, bias, out)
 
