@@ -4,8 +4,8 @@
 
 Where a model runs without CUDA graphs (a prefill under Inductor's default mode, eager decode), the GPU
 waits for the host whenever the host takes longer to issue a layer's launches than the GPU takes to run
-them, so the op's Python is part of the time a user sees.  Per (M, column): the median of ``--calls``
-host-side timings of one call (``time.perf_counter`` around the call only; the stream is synchronised
+them, so the op's Python is part of the time a user sees.  Per (M, column): the 20th percentile of
+``--calls`` host-side timings of one call (``time.perf_counter`` around the call only; the stream is synchronised
 every 32 calls, outside the timing, so the launch queue never fills and blocks the host):
 
 * ``op``       -- ``torch.ops.awq_compile.w4a16_linear`` (what the compiled graph calls), AWQ tensors;
@@ -43,7 +43,9 @@ G = 128
 
 
 def host_us(call, calls: int) -> float:
-    """Median host µs of ``call()`` (GPU synchronised every 32 calls, outside the timed region)."""
+    """Host µs of ``call()``: the 20th percentile of ``calls`` timings (the GPU synchronised every 32 calls,
+    outside the timed region) -- the device's host is shared, and a low quantile is what the code costs
+    when nothing else takes the core (the median moved by up to 30% between processes)."""
     for _ in range(8):
         call()
     torch.cuda.synchronize()
@@ -55,14 +57,14 @@ def host_us(call, calls: int) -> float:
         if i % 32 == 31:
             torch.cuda.synchronize()
     torch.cuda.synchronize()
-    return statistics.median(times) * 1e6
+    return statistics.quantiles(times, n=5)[0] * 1e6
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="4096x4096")
     ap.add_argument("--ms", default="1,16,256,2048")
-    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--profile", default="1,2048")
     args = ap.parse_args(argv)
     K, N = (int(v) for v in args.shape.split("x"))
