@@ -28,6 +28,7 @@ from ..formats.standard import dequantize_packed
 from ..kernels.problem import Problem
 from .calls import call_memo
 from .op import _bias_ok, check_inputs, plan_for_call, runner_for
+from .registration import define
 from .weights import weight_cache
 
 __all__ = ["w4a16_linear_merged", "merged_name", "join_names"]
@@ -69,10 +70,9 @@ def _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size):
     return parts, N, K, name
 
 
-@torch.library.custom_op("awq_compile::w4a16_linear_merged", mutates_args=())
-def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.Tensor],
-                        scales: List[torch.Tensor], bias: Optional[torch.Tensor], layers: str, fmt: str,
-                        group_size: int, plan: str) -> torch.Tensor:
+def _forward(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.Tensor],
+             scales: List[torch.Tensor], bias: Optional[torch.Tensor], layers: str, fmt: str,
+             group_size: int, plan: str) -> torch.Tensor:
     tensors = (*qweights, *qzeros, *scales)
     key = ("merged", plan, layers, fmt, group_size, len(qweights), len(qzeros), x.dtype, x.device,
            x.shape[-1] if x.dim() else None, bias is None, *map(id, tensors))
@@ -97,8 +97,7 @@ def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: L
     return out.reshape(*x.shape[:-1], r.N)
 
 
-@w4a16_linear_merged.register_fake
-def _(x, qweights, qzeros, scales, bias, layers, fmt, group_size, plan):
+def _fake(x, qweights, qzeros, scales, bias, layers, fmt, group_size, plan):
     _, N, _, _ = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
     return x.new_empty((*x.shape[:-1], N))
 
@@ -136,7 +135,25 @@ def _backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         grad_x = w4a16_linear_merged_grad_x(grad, qweights, qzeros, scales, layers, fmt, group_size)
     grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias and ctx.needs_input_grad[4] else None
-    return grad_x, [None] * p, [None] * nz, [None] * p, grad_bias, None, None, None, None
+    return grad_x, None, None, None, grad_bias, None, None, None, None
 
 
-w4a16_linear_merged.register_autograd(_backward, setup_context=_setup_context)
+class _Function(torch.autograd.Function):
+    """The merged op where x or bias requires grad: the forward is the op itself (below autograd)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        out = w4a16_linear_merged(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
+
+
+_LIB = torch.library.Library("awq_compile", "FRAGMENT")
+w4a16_linear_merged = define(
+    _LIB, "w4a16_linear_merged(Tensor x, Tensor[] qweights, Tensor[] qzeros, Tensor[] scales, Tensor? bias, str layers, "
+          "str fmt, SymInt group_size, str plan) -> Tensor",
+    _forward, _fake, _Function, grad_inputs=(0, 4))

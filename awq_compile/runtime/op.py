@@ -21,8 +21,9 @@ Autograd: ``x``, ``scales`` (when it is a parameter that requires grad) and ``bi
 the backward is a second opaque op, ``w4a16_linear_backward``, that reads the weights through the same
 cache (so it sees the layout the cache says the buffers hold, also after an in-place repack).
 
-The op is opaque to Inductor (a ``custom_op`` with a fake implementation for shape propagation and
-dynamic shapes).  Registration happens when this module is first imported, which the backend does.
+The op is opaque to Inductor (an operator with a Python implementation and a fake implementation for shape
+propagation and dynamic shapes, registered by :mod:`.registration` without ``custom_op``'s per-call wrappers).
+Registration happens when this module is first imported, which the backend does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..formats.sources import get_format
 from ..formats.standard import dequantize_packed
 from .calls import MAX_RUNNERS, Resolved, call_memo
 from .dispatch import entry_runner, plan_on_device
+from .registration import define
 from ..kernels.problem import Problem
 from .planning import resolve
 from .weights import weight_cache
@@ -95,10 +97,9 @@ def plan_for_call(plan: str, layer: str, device_type: str, device_index, problem
     return resolved
 
 
-@torch.library.custom_op("awq_compile::w4a16_linear", mutates_args=())
-def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
-                 bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
-                 plan: str, aux_digest: str) -> torch.Tensor:
+def _forward(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
+             bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
+             plan: str, aux_digest: str) -> torch.Tensor:
     # what this call resolves (checks, plan, weight, launch plan) is kept for the next call with the same
     # weight tensors, unwritten since (.calls): a layer's later calls go straight to the launch
     tensors = (qweight, qzeros, scales, *aux)
@@ -142,8 +143,7 @@ def runner_for(r: Resolved, M: int):
     return run
 
 
-@w4a16_linear.register_fake
-def _(x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_digest):
+def _fake(x, qweight, qzeros, scales, bias, aux, layer, fmt, group_size, plan, aux_digest):
     K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, fmt, group_size)
     return x.new_empty((*x.shape[:-1], N))
 
@@ -207,7 +207,25 @@ def _backward(ctx, grad):
         grad_x = gx if need_x else None
         grad_scales = gs if need_scales else None
     grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if has_bias and ctx.needs_input_grad[4] else None
-    return grad_x, None, None, grad_scales, grad_bias, [None] * n_aux, None, None, None, None, None
+    return grad_x, None, None, grad_scales, grad_bias, None, None, None, None, None, None
 
 
-w4a16_linear.register_autograd(_backward, setup_context=_setup_context)
+class _Function(torch.autograd.Function):
+    """The op where x, scales or bias requires grad: the forward is the op itself (below autograd)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        out = w4a16_linear(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
+
+
+_LIB = torch.library.Library("awq_compile", "FRAGMENT")
+w4a16_linear = define(
+    _LIB, "w4a16_linear(Tensor x, Tensor qweight, Tensor? qzeros, Tensor scales, Tensor? bias, Tensor[] aux, str layer, "
+          "str fmt, SymInt group_size, str plan, str aux_digest) -> Tensor",
+    _forward, _fake, _Function, grad_inputs=(0, 3, 4))
