@@ -55,18 +55,19 @@ def _kp(M: int) -> tuple:
     shipped1 = ("gemv:128x128:w1:sk112:fma", "stream:256x128:w4:sk16", "gemv:256x128:w2:sk32:fma",
                 "gemv:256x32:w1:sk32:fma", "gemv:256x32:w2:sk32", "gemv:1024x32:w4:sk32:fma", "gemv:512x32:w4:sk32")
     if M == 1:
-        return shipped1 + (
-            "gemv:128x128:w1:sk32:fma", "gemv:128x128:w1:sk64:fma", "gemv:128x128:w1:sk56:fma",
-            "gemv:256x128:w2:sk16:fma", "gemv:256x128:w2:sk64:fma", "gemv:256x128:w1:sk32:fma",
-            "gemv:256x128:w4:sk32:fma", "gemv:512x128:w4:sk16:fma", "gemv:512x128:w4:sk32:fma",
+        grid = tuple(f"gemv:{bn}x128:w{w}:sk{sk}:fma" for bn in (128, 256, 512) for w in (1, 2, 4)
+                     for sk in (16, 32, 64))
+        return tuple(dict.fromkeys(shipped1 + grid + (
+            "gemv:128x128:w1:sk56:fma", "gemv:256x128:w2:sk56:fma", "gemv:256x128:w2:sk112:fma",
             "gemv:256x64:w2:sk32:fma", "gemv:512x64:w4:sk32:fma", "gemv:256x64:w1:sk32:fma",
-            "stream:256x128:w4:sk32", "stream:128x128:w2:sk32", "stream:512x128:w4:sk16")
+            "stream:256x128:w4:sk32", "stream:128x128:w2:sk32", "stream:512x128:w4:sk16")))
     return ("stream:256x128:w4:sk16", "gemv:256x32:w2:sk32", "gemv:1024x32:w4:sk32:fma", "gemv:512x32:w4:sk32",
             "gemv:256x128:w2:sk32:fma", "gemv:128x128:w1:sk112:fma", "gemv:512x128:w4:sk32:fma",
             "gemv:256x32:w2:sk32:m4", "gemv:256x64:w2:sk32:m4", "gemv:128x128:w2:sk32:m4", "gemv:256x128:w4:sk32:m4",
             "gemv:256x32:w2:sk32:m2", "gemv:256x128:w2:sk32:m2", "stream:256x128:w4:sk16:m4",
             "stripe:128x128:m16:w4:st3:ps2", "stripe:128x128:m16:w4:st4:ps2", "stripe:128x128:m16:w4:st3:ps3",
-            "stripe:256x128:m16:w4:st3:ps2", "stripe:256x128:m16:w8:st3:ps2", "stripe:128x128:m16:w4:st2:ps4")
+            "stripe:128x128:m16:w4:st3:ps1", "stripe:256x128:m16:w4:st3:ps2", "stripe:256x128:m16:w8:st3:ps2",
+            "stripe:128x128:m16:w4:st2:ps4", "stripe:64x128:m16:w4:st3:ps2", "stripe:64x128:m16:w4:st4:ps4")
 
 
 SETS = {
