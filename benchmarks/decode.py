@@ -1,12 +1,13 @@
 """Decode throughput of a Llama-3-8B-shaped decoder: ``backend="awq"`` vs the fp16 model under Inductor.
 
-``python -m benchmarks.decode [--layers 4] [--batches 1,16] [--steps 64]``
+``python -m benchmarks.decode [--layers 4] [--batches 1,16] [--steps 64] [--mode reduce-overhead|default]``
 
 Both models have the real layer sizes (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, head dim
 128) and random weights; the AWQ model's linears are AutoAWQ-style modules (qweight/qzeros/scales
 buffers, pure-PyTorch dequant + matmul in forward), the fp16 model holds the same quantised weights
 dequantised into ``nn.Linear``.  One decode step = one token per sequence through every layer with a
-static KV cache (context 1024); both are compiled with ``mode="reduce-overhead"`` (CUDA graphs).
+static KV cache (context 1024); both are compiled with ``mode="reduce-overhead"`` (CUDA graphs; ``--mode
+default``: Inductor's default mode, no CUDA graphs, so the host issues every launch of every step).
 Reports tokens/s (batch x steps / time) and the two models' agreement.
 """
 
@@ -137,18 +138,22 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--options", default="", help="backend options, k=v,k=v")
+    ap.add_argument("--mode", default="reduce-overhead", choices=("reduce-overhead", "default"),
+                    help="Inductor mode of both models: CUDA graphs, or none (every step's launches issued by the "
+                         "host: the op's host cost per call shows)")
     args = ap.parse_args(argv)
+    mode = None if args.mode == "default" else args.mode
     opts = dict(kv.split("=") for kv in args.options.split(",") if kv)
     _ensure_backend()
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         awq, fp16 = build(args.layers, batch)
         torch._dynamo.reset()
-        f16 = torch.compile(fp16, mode="reduce-overhead")
+        f16 = torch.compile(fp16, mode=mode)
         tps16, y16 = tokens_per_s(f16, fp16, batch, args.steps)
         torch._dynamo.reset()
         # torch.compile refuses mode= together with options=: the backend takes the mode among its options
-        fa = torch.compile(awq, backend="awq", options={**opts, "mode": "reduce-overhead"})
+        fa = torch.compile(awq, backend="awq", options={**opts, **({"mode": mode} if mode else {})})
         tpsa, ya = tokens_per_s(fa, awq, batch, args.steps)
         err = ((ya - y16).norm() / y16.norm()).item()
         # one more step of each from a clean cache, eager, to show which side departs from the reference
@@ -169,7 +174,8 @@ def main(argv=None):
         del awq, fp16, f16, fa
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-    print(f"\n{args.layers} Llama-3-8B layers, CUDA graphs (reduce-overhead)")
+    print(f"\n{args.layers} Llama-3-8B layers, " + ("CUDA graphs (reduce-overhead)" if mode else
+                                                  "Inductor's default mode (no CUDA graphs)"))
     print("batch  fp16 tok/s  awq tok/s  speed-up  rel.diff")
     for b, a16, aq, e in rows:
         print(f"{b:5d} {a16:11.0f} {aq:10.0f} {aq / a16:8.2f}x  {e:.1e}")

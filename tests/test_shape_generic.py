@@ -62,13 +62,13 @@ class Counting:
 @pytest.fixture
 def op_calls(monkeypatch):
     calls = []
-    real = op_module.run_entry
+    real = op_module.runner_for
 
-    def counted(entry, x2d, *args, **kwargs):
-        calls.append((x2d.shape[0], entry.kernel))
-        return real(entry, x2d, *args, **kwargs)
+    def counted(resolved, M):
+        calls.append((M, resolved.plan.entry_for(M).kernel))
+        return real(resolved, M)
 
-    monkeypatch.setattr(op_module, "run_entry", counted)
+    monkeypatch.setattr(op_module, "runner_for", counted)
     return calls
 
 

@@ -15,7 +15,7 @@ from ..kernels.registry import KERNELS, Plan, PlanEntry, plan_for_device
 from ..target import Target, detect, interpreter_active
 from .weights import Prepared
 
-__all__ = ["run_entry", "plan_on_device", "device_target"]
+__all__ = ["run_entry", "entry_runner", "plan_on_device", "device_target"]
 
 log = logging.getLogger("awq_compile")
 
@@ -35,13 +35,16 @@ def _cpu_int4pack(x2d, prepared: Prepared, std, bias):
     return out if bias is None else out + bias
 
 
-def _triton(x2d, prepared: Prepared, w, bias, entry: PlanEntry, target: Target):
-    from ..kernels.triton.launch import run
+def _triton_runner(entry: PlanEntry, problem: Problem, target: Target):
+    from ..kernels.spec import LaunchOptions
+    from ..kernels.triton.launch import launch, planned
 
-    q, qz, s = w.qweight, w.qzeros, w.scales
-    out = torch.empty((x2d.shape[0], q.shape[1]), dtype=x2d.dtype, device=x2d.device)
-    return run(entry.kernel, entry.config, entry.launch, x2d.contiguous(), q, qz, s, bias, out,
-               prepared.group_size, target, interpret=_interpreting(), layout=w.layout)
+    plan = planned(entry.kernel, entry.config, entry.launch or LaunchOptions(), problem, target, _interpreting())
+
+    def run(x2d, prepared: Prepared, w, bias):
+        out = torch.empty((x2d.shape[0], w.qweight.shape[1]), dtype=x2d.dtype, device=x2d.device)
+        return launch(plan, x2d.contiguous(), w.qweight, w.qzeros, w.scales, bias, out)
+    return run
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,10 +52,7 @@ def _interpreting() -> bool:
     return interpreter_active()
 
 
-_RUNNERS = {
-    "torch_dequant": lambda x, p, std, b: _torch_dequant(x, p, std, b),
-    "cpu_int4pack": lambda x, p, std, b: _cpu_int4pack(x, p, std, b),
-}
+_RUNNERS = {"torch_dequant": _torch_dequant, "cpu_int4pack": _cpu_int4pack}
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,16 +80,26 @@ def plan_on_device(plan: Plan, device: torch.device, problem: Problem, layer: st
     return resolved
 
 
+def entry_runner(entry: PlanEntry, problem: Problem, target: Target):
+    """``run(x2d, prepared, w, bias) -> out`` for ``entry`` of a plan for ``target`` on ``problem`` (its M and the
+    layout its weight is prepared in): what depends on those -- the layout check, the launch plan -- decided
+    once, so that a call site can keep it for every call at that M (:mod:`.calls`)."""
+    spec = KERNELS[entry.kernel]
+    if problem.layout not in spec.layouts:
+        raise RuntimeError(f"awq_compile: {entry.kernel} reads the {'/'.join(spec.layouts)} layout but the weight is "
+                           f"prepared in {problem.layout} (a plan and its weight disagree)")
+    if entry.config is not None:
+        return _triton_runner(entry, problem, target)
+    return _RUNNERS[entry.kernel]
+
+
 def run_entry(entry: PlanEntry, x2d, prepared: Prepared, qweight, qzeros, scales, bias, *, target: Target):
     """Run ``entry`` of a plan for ``target`` (from :func:`plan_on_device`) on the op's source tensors,
     resolved through ``prepared`` to the layout it holds (the plan's: the entry's kernel reads it)."""
     if bias is not None and bias.dtype != x2d.dtype:
         bias = bias.to(x2d.dtype)
     w = prepared.packed(qweight, scales, qzeros)
-    spec = KERNELS[entry.kernel]
-    if w.layout not in spec.layouts:
-        raise RuntimeError(f"awq_compile: {entry.kernel} reads the {'/'.join(spec.layouts)} layout but the weight is "
-                           f"prepared in {w.layout} (a plan and its weight disagree)")
-    if entry.config is not None:
-        return _triton(x2d, prepared, w, bias, entry, target)
-    return _RUNNERS[entry.kernel](x2d, prepared, w, bias)
+    M, K = x2d.shape
+    problem = Problem(K, w.N, prepared.group_size, w.qzeros is not None, str(x2d.dtype).removeprefix("torch."),
+                      has_bias=bias is not None, m=M, layout=w.layout)
+    return entry_runner(entry, problem, target)(x2d, prepared, w, bias)

@@ -26,8 +26,8 @@ import torch
 from ..formats.sources import get_format
 from ..formats.standard import dequantize_packed
 from ..kernels.problem import Problem
-from .dispatch import run_entry
-from .op import plan_for_call, check_inputs
+from .calls import call_memo
+from .op import _bias_ok, check_inputs, plan_for_call, runner_for
 from .weights import weight_cache
 
 __all__ = ["w4a16_linear_merged", "merged_name", "join_names"]
@@ -73,19 +73,28 @@ def _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size):
 def w4a16_linear_merged(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.Tensor],
                         scales: List[torch.Tensor], bias: Optional[torch.Tensor], layers: str, fmt: str,
                         group_size: int, plan: str) -> torch.Tensor:
-    parts, N, K, name = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
-    problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
-                      has_bias=bias is not None)
-    resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
-    merged = weight_cache().get_merged(fmt, parts, layer=name, layout=resolved.layout)
-    x2d = x.reshape(-1, K)
+    tensors = (*qweights, *qzeros, *scales)
+    key = ("merged", plan, layers, fmt, group_size, len(qweights), len(qzeros), x.dtype, x.device,
+           x.shape[-1] if x.dim() else None, bias is None, *map(id, tensors))
+    memo = call_memo()
+    r = memo.lookup(key, tensors)
+    if r is None or (bias is not None and not _bias_ok(bias, r.N, x)):
+        parts, N, K, name = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
+        problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
+                          has_bias=bias is not None)
+        resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
+        merged = weight_cache().get_merged(fmt, parts, layer=name, layout=resolved.layout)
+        r = memo.remember(key, tensors, resolved, merged, K, N, problem.with_layout(merged.prepared.layout))
+    else:
+        merged = r.prepared()
+    x2d = x.reshape(-1, r.K)
     M = x2d.shape[0]
     if M == 0:
-        return x.new_empty((*x.shape[:-1], N))
-    prepared = merged.prepared
-    out = run_entry(resolved.entry_for(M), x2d, prepared, prepared.qweight, prepared.qzeros, merged.scales, bias,
-                    target=resolved.target)
-    return out.reshape(*x.shape[:-1], N)
+        return x.new_empty((*x.shape[:-1], r.N))
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    out = runner_for(r, M)(x2d, merged.prepared, merged.packed(), bias)
+    return out.reshape(*x.shape[:-1], r.N)
 
 
 @w4a16_linear_merged.register_fake

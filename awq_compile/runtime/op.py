@@ -35,12 +35,13 @@ import torch
 
 from ..formats.sources import get_format
 from ..formats.standard import dequantize_packed
-from .dispatch import plan_on_device, run_entry
+from .calls import MAX_RUNNERS, Resolved, call_memo
+from .dispatch import entry_runner, plan_on_device
 from ..kernels.problem import Problem
 from .planning import resolve
 from .weights import weight_cache
 
-__all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs"]
+__all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs", "runner_for"]
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -98,19 +99,47 @@ def plan_for_call(plan: str, layer: str, device_type: str, device_index, problem
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tensor], scales: torch.Tensor,
                  bias: Optional[torch.Tensor], aux: List[torch.Tensor], layer: str, fmt: str, group_size: int,
                  plan: str, aux_digest: str) -> torch.Tensor:
-    K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, fmt, group_size)
-    problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
-                      has_bias=bias is not None)
-    # the plan (for the tensors' device) decides the layout the weight is prepared in
-    resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
-    prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer,
-                                  layout=resolved.layout)
-    x2d = x.reshape(-1, K)
+    # what this call resolves (checks, plan, weight, launch plan) is kept for the next call with the same
+    # weight tensors, unwritten since (.calls): a layer's later calls go straight to the launch
+    tensors = (qweight, qzeros, scales, *aux)
+    key = (plan, layer, fmt, group_size, aux_digest, x.dtype, x.device, x.shape[-1] if x.dim() else None,
+           bias is None, *map(id, tensors))
+    memo = call_memo()
+    r = memo.lookup(key, tensors)
+    if r is None or (bias is not None and not _bias_ok(bias, r.N, x)):
+        K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, fmt, group_size)
+        problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
+                          has_bias=bias is not None)
+        # the plan (for the tensors' device) decides the layout the weight is prepared in
+        resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
+        prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer,
+                                      layout=resolved.layout)
+        r = memo.remember(key, tensors, resolved, prepared, K, N, problem.with_layout(prepared.layout))
+    else:
+        prepared = r.prepared()
+    x2d = x.reshape(-1, r.K)
     M = x2d.shape[0]
     if M == 0:
-        return x.new_empty((*x.shape[:-1], N))
-    out = run_entry(resolved.entry_for(M), x2d, prepared, qweight, qzeros, scales, bias, target=resolved.target)
-    return out.reshape(*x.shape[:-1], N)
+        return x.new_empty((*x.shape[:-1], r.N))
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    out = runner_for(r, M)(x2d, prepared, prepared.packed(qweight, scales, qzeros), bias)
+    return out.reshape(*x.shape[:-1], r.N)
+
+
+def _bias_ok(bias, N: int, x) -> bool:
+    """check_inputs' bias rule (the bias is not one of the remembered tensors: a graph may compute it)."""
+    return bias.shape == (N,) and bias.is_floating_point() and bias.device == x.device
+
+
+def runner_for(r: Resolved, M: int):
+    """The runner of ``r``'s plan entry for M (kept in ``r`` per M)."""
+    run = r.runners.get(M)
+    if run is None:
+        if len(r.runners) >= MAX_RUNNERS:
+            r.runners.clear()
+        run = r.runners[M] = entry_runner(r.plan.entry_for(M), r.problem.with_m(M), r.plan.target)
+    return run
 
 
 @w4a16_linear.register_fake

@@ -86,3 +86,19 @@ def test_kplanes_path_matches_float64(kid, cfg, dtype):
             assert torch.isfinite(out).all(), "an output element was not written"
             err = rel_err(out.cpu(), ref)
             assert err < TOL[dtype], (kid, cfg, M, K, G, err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_x_regroup_moves_runs_wide_and_equals_the_element_order(dtype):
+    # the regroup moves each run of BLOCK_K/8 columns as one wide element (16 bytes at fp16, BLOCK_K 64);
+    # it must equal the element-wise permutation, also for an x whose storage offset forbids the wide view
+    from awq_compile.kernels.triton.launch import kplanes_regroup
+
+    g = torch.Generator().manual_seed(7)
+    for bk in (16, 32, 64):
+        for M, K in ((1, 256), (5, 512)):
+            base = torch.randn(M * K + 3, generator=g).to(dtype)
+            for x in (base[:M * K].view(M, K), base[3:].view(M, K)):
+                want = x.reshape(M, K // 128, 8, 128 // bk, bk // 8).transpose(2, 3).reshape(M, K)
+                got = kplanes_regroup(x, bk)
+                assert torch.equal(got, want), (dtype, bk, M, K, x.storage_offset())

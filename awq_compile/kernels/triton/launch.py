@@ -21,7 +21,7 @@ from ..problem import Problem
 from ..spec import LaunchOptions, LaunchPlan, Operands, plan_launch
 from ..specs import get_spec
 
-__all__ = ["run", "launch", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
+__all__ = ["run", "launch", "planned", "kplanes_regroup", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
            "WORKSPACE_KINDS"]
 
 WORKSPACE_KINDS = ("atomic", "slots")
@@ -71,6 +71,30 @@ def reserve_workspace(device, N: int, rows: int = RESERVE_ROWS) -> None:
     _workspace().get(torch.device(device), rows * N, -(-rows // 16) * -(-N // 16))
 
 
+# element types as wide as a run of x the kplanes regroup moves as one piece (bytes -> dtype)
+_RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32}
+
+
+def kplanes_regroup(x2d, bk: int):
+    """x [M, K] with the columns of each K tile of ``bk`` (< 128) rows put in the tile's plane-major decode
+    order (a copy).  kplanes: row 128 t + 16 i + bk/8 h + r of block t is nibble i of word row r of K tile h;
+    the kernels decode a tile plane-major (row i bk/8 + r), after which every K tile of x is one contiguous
+    (asynchronously copied) load.  The copy moves runs of bk/8 elements, each run as one element of a dtype
+    that wide (16 bytes for bk 64 at fp16) -- torch's copy of 2-byte elements ran at 8% of the H200's DRAM
+    bandwidth -- and falls back to element-wise when x's storage is not aligned for that view."""
+    M, K = x2d.shape
+    run = bk // 8
+    wide = _RUN_DTYPES.get(run * x2d.element_size())
+    if wide is not None and x2d.is_contiguous() and x2d.storage_offset() % run == 0:
+        try:
+            xw = x2d.view(wide)
+        except RuntimeError:
+            xw = None
+        if xw is not None:
+            return xw.reshape(M, K // 128, 8, 128 // bk).transpose(2, 3).contiguous().view(x2d.dtype).reshape(M, K)
+    return x2d.reshape(M, K // 128, 8, 128 // bk, run).transpose(2, 3).reshape(M, K)
+
+
 def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspace=None, wrap=None):
     """Run ``plan`` on 2-D x [M, K] (contiguous last dim); writes and returns out [M, N].
 
@@ -83,12 +107,7 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
         bk = plan.x_regroup
         x2d = x2d.reshape(M, K // bk, bk // 8, 8).transpose(2, 3).reshape(M, K)   # a copy
     if plan.x_kplanes:
-        # kplanes: row 128 t + 16 i + BK8 h + r of block t is nibble i of word row r of K tile h; the kernels
-        # decode a tile plane-major (row i BK8 + r), so x's columns of tile h go in that order -- one copy,
-        # after which every K tile of x is one contiguous (asynchronously copied) load
-        M, K = x2d.shape
-        bk = plan.x_kplanes
-        x2d = x2d.reshape(M, K // 128, 8, 128 // bk, bk // 8).transpose(2, 3).reshape(M, K)     # a copy
+        x2d = kplanes_regroup(x2d, plan.x_kplanes)
     ops = Operands(x2d, qweight, qzeros, scales, bias, out)
     if plan.workspace is not None:
         if workspace is not None:
@@ -108,8 +127,10 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(kernel: str, config, launch_opts, problem: Problem, target, interpret: bool) -> LaunchPlan:
+def planned(kernel: str, config, launch_opts, problem: Problem, target, interpret: bool) -> LaunchPlan:
+    """:func:`~awq_compile.kernels.spec.plan_launch` for a kernel id, cached per (config, problem, target)."""
     return plan_launch(get_spec(kernel), config, launch_opts, problem, target, interpret=interpret)
+
 
 
 def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qzeros, scales, bias, out,
@@ -119,7 +140,7 @@ def run(kernel: str, config, launch_opts: LaunchOptions | None, x2d, qweight, qz
     M, K = x2d.shape
     problem = Problem(K, qweight.shape[1], group_size, qzeros is not None, str(x2d.dtype)[6:],
                       has_bias=bias is not None, m=M, layout=layout)
-    plan = _plan(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
+    plan = planned(kernel, config, launch_opts if launch_opts is not None else LaunchOptions(), problem, target,
                  interpret)
     return launch(plan, x2d, qweight, qzeros, scales, bias, out)
 
