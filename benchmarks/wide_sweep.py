@@ -1,13 +1,17 @@
 """Device sweep of ``triton_gemm_wide`` next to the shipped plan and fp16 cuBLAS, in one process.
 
 ``python -m benchmarks.wide_sweep [--shapes ...] [--ms 64,256,1024,4096] [--dtypes float16] [--configs SET]
-[--jobs 12] [--stress 10] [--json out.json]``
+[--layout standard|kplanes|both] [--jobs 12] [--stress 10] [--json out.json]``
 
 Same method as ``benchmarks.gemm`` (one CUDA graph over R weight copies >= 256 MB, median of replays / R).
-Every config is first compiled in ``--jobs`` worker processes (Triton's cache then serves the timing
-process), then per (shape, M): ``ours`` (the op with today's plan), ``cublas`` (fp16 ``x @ W``) and each
-config -- relative error against float64 on a NaN-poisoned output before it is timed.  The best config
-per row is relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
+Each shape's weights are converted once into every layout of ``--layout`` and each config runs on each
+(``layout=`` to ``launch.run``; a K tile under 128 rows on kplanes has x regrouped by the launch); a config
+the spec refuses for a (layout, shape, M) is printed as REFUSED with the reason, never timed.  Every config
+is first compiled in ``--jobs`` worker processes (Triton's cache then serves the timing process), then per
+(shape, M): ``ours`` (the op with today's plan, in its layout), ``ours_std`` (the same op planned for the
+standard layout), ``cublas`` (fp16 ``x @ W``) and each config -- relative error against float64 on a
+NaN-poisoned output before it is timed; every row says its layout.  The best config per (row, layout) is
+relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
 ``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
 x = XPERM for the plane GEMM).
 """
@@ -21,7 +25,8 @@ import sys
 
 import torch
 
-from .sweep import precompile, shape_weights, stress, sweep_meta, time_config
+from .sweep import (add_layout_option, compile_ms, layouts_of, plan_items, precompile, shape_weights, stress,
+                    sweep_meta, time_config)
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -78,26 +83,38 @@ def configs_for(M: int, which: str) -> list[str]:
     return list(SETS["small"] if M <= 128 else SETS["large"])
 
 
-def _run_cfg(spec: str, x, std, out, target):
+def resolve(spec: str):
+    """(kernel id, typed config, launch options) of a spelling."""
     from awq_compile.kernels.specs import get_spec
-    from awq_compile.kernels.triton.launch import run
 
     cfg, launch = get_spec("triton_gemm_wide").parse(parse(spec), spec, backend="cuda", table=False)
-    return run("triton_gemm_wide", cfg, launch, x, std.qweight, std.qzeros, std.scales, None, out, G, target,
-               interpret=False)
+    return "triton_gemm_wide", cfg, launch
 
 
-def main(argv=None):
+def _run_cfg(spec: str, x, w, out, target):
+    from awq_compile.kernels.triton.launch import run
+
+    kernel, cfg, launch = resolve(spec)
+    return run(kernel, cfg, launch, x, w.qweight, w.qzeros, w.scales, None, out, G, target, interpret=False,
+               layout=w.layout)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES))
     ap.add_argument("--ms", default="64,256,1024,4096")
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--configs", default="auto", help="auto (small for M<=64, large above), a set name or specs")
+    add_layout_option(ap)
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--tol", type=float, default=1e-3, help="fp16; bf16 outputs get 10x (their rounding is 4e-3)")
     ap.add_argument("--stress", type=int, default=10)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
 
     import awq_compile.runtime.op  # noqa: F401
     from awq_compile.kernels.problem import Problem
@@ -108,68 +125,98 @@ def main(argv=None):
 
     ms = [int(m) for m in args.ms.split(",")]
     dtypes = args.dtypes.split(",")
-    all_specs = sorted({s for M in ms for s in configs_for(M, args.configs)})
-    t0 = datetime.datetime.now()
-    failed = precompile(_run_cfg, all_specs, dtypes, args.jobs, K=512, N=512, M=64, G=G)
-    print(f"# compiled {len(all_specs)} configs x {len(dtypes)} dtypes in "
-          f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", flush=True)
+    layouts = layouts_of(args.layout)
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    for M in ms:
+        for spec in configs_for(M, args.configs):
+            resolve(spec)
+    cm = compile_ms(ms)
     target = detect(torch.device("cuda"))
-    meta = sweep_meta(target)
+    items, refused = [], {}
+    for dname in dtypes:
+        it, rf = plan_items(resolve, lambda K, N, M, lay: configs_for(M, args.configs), shapes=shapes, ms=ms,
+                            dtype=dname, layouts=layouts, G=G, target=target)
+        items += it
+        refused.update({(dname,) + k: v for k, v in rf.items()})
+    t0 = datetime.datetime.now()
+    failed = precompile(_run_cfg, items, args.jobs, K=512, N=512, G=G)
+    print(f"# compiled {len(items)} (config, dtype, layout, M class) items in "
+          f"{(datetime.datetime.now() - t0).total_seconds():.0f} s; {len(refused)} refused by the spec (listed per row)",
+          flush=True)
+    meta = sweep_meta(target, layouts=list(layouts))
     print(f"# {meta}", flush=True)
     rows = []
     for dname in dtypes:
         dtype = getattr(torch, dname)
         tol = args.tol * (10 if dname == "bfloat16" else 1)
-        for shape in args.shapes.split(","):
-            K, N = (int(v) for v in shape.split("x"))
-            srcs, std, w64, fp16 = shape_weights(K, N, G, dtype)
-            enc = select(Problem(K, N, G, True, dname), target).encode()
+        for K, N in shapes:
+            W = shape_weights(K, N, G, dtype, layouts)
+            plan = select(Problem(K, N, G, True, dname), target)
+            plan_std = select(Problem(K, N, G, True, dname), target, layout="standard")
             op = torch.ops.awq_compile.w4a16_linear
             for M in ms:
                 x = torch.randn(M, K, dtype=dtype, device="cuda")
-                ref = x.double() @ w64
+                ref = x.double() @ W.w64
                 base = dict(K=K, N=N, M=M, dtype=dname)
-                calls = [(lambda s=s: op(x, s[0], s[1], s[2], None, [], "bench", "awq", G, enc, "")) for s in srcs]
-                ours = graph_time_us(calls)
-                cub = graph_time_us([(lambda w=w: x @ w) for w in fp16])
-                rows.append(dict(base, cfg="ours", us=ours, err=rel_err(calls[0](), ref)))
-                rows.append(dict(base, cfg="cublas", us=cub))
-                print(f"  {dname} {K}x{N} M={M:5d} ours {ours:8.2f}  cublas {cub:8.2f}", flush=True)
-                best = None
-                for spec in configs_for(M, args.configs):
-                    if (spec, dname) in failed:
-                        continue
-                    row = dict(base, cfg=spec)
-                    rows.append(row)
-                    us = time_config(_run_cfg, spec, x, std, ref, M, N, dtype, tol, target, row, 26)
-                    if us is None:
-                        continue
-                    print(f"    {spec:26s} {us:8.2f} us  ({us / cub:4.2f}x cuBLAS, {us / ours:4.2f}x ours)  "
-                          f"err {row['err']:.1e}", flush=True)
-                    if best is None or us < best[0]:
-                        best = (us, spec, row)
-                if best is not None and args.stress:
-                    us, spec, row = best
-                    row["stress"] = st = stress(_run_cfg, spec, x, std[0], w64, M, K, N, dtype, target, args.stress,
-                                                tol)
-                    print(f"  best {dname} {K}x{N} M={M}: {spec} {us:.2f} us ({us / cub:.2f}x cuBLAS); stress "
-                          f"{st['launches']}: {st['wrong']} wrong, max err {st['max_err']:.2e}", flush=True)
-            del srcs, std, fp16, w64
+                cols = {}
+                for name, pl in (("ours", plan), ("ours_std", plan_std)):
+                    text = pl.encode()
+                    calls = [(lambda s=s, t=text: op(x, s[0], s[1], s[2], None, [], "bench", "awq", G, t, ""))
+                             for s in W.srcs]
+                    cols[name] = graph_time_us(calls)
+                    rows.append(dict(base, cfg=name, layout=pl.layout, us=cols[name], err=rel_err(calls[0](), ref),
+                                     kernel=pl.entry_for(M).kernel, config=pl.entry_for(M).config_dict))
+                ours, ours_std = cols["ours"], cols["ours_std"]
+                cub = graph_time_us([(lambda w=w: x @ w) for w in W.dense])
+                rows.append(dict(base, cfg="cublas", layout="dense", us=cub))
+                print(f"  {dname} {K}x{N} M={M:5d} ours {ours:8.2f} [{plan.layout}]  ours_std {ours_std:8.2f}  "
+                      f"cublas {cub:8.2f}", flush=True)
+                for lay in layouts:
+                    best = None
+                    for spec in configs_for(M, args.configs):
+                        row = dict(base, cfg=spec, layout=lay)
+                        rows.append(row)
+                        label = f"{lay:8s} {spec:26s}"
+                        why = refused.get((dname, spec, lay, K, N, M))
+                        if why:
+                            row["refused"] = why
+                            print(f"    {label} REFUSED {why}", flush=True)
+                            continue
+                        if (spec, dname, lay, cm[M]) in failed:
+                            row["error"] = f"compile failed: {failed[(spec, dname, lay, cm[M])]}"
+                            print(f"    {label} FAILED {row['error']}", flush=True)
+                            continue
+                        us = time_config(_run_cfg, spec, x, W.packed[lay], ref, M, N, dtype, tol, target, row, label)
+                        if us is None:
+                            continue
+                        print(f"    {label} {us:8.2f} us  ({us / cub:4.2f}x cuBLAS, {us / ours:4.2f}x ours, "
+                              f"{us / ours_std:4.2f}x ours_std)  err {row['err']:.1e}", flush=True)
+                        if best is None or us < best[0]:
+                            best = (us, spec, row)
+                    if best is not None and args.stress:
+                        us, spec, row = best
+                        row["stress"] = st = stress(_run_cfg, spec, x, W.packed[lay][0], W.w64, M, K, N, dtype, target,
+                                                    args.stress, tol)
+                        print(f"  best {dname} {K}x{N} M={M} {lay}: {spec} {us:.2f} us ({us / cub:.2f}x cuBLAS); "
+                              f"stress {st['launches']}: {st['wrong']} wrong, max err {st['max_err']:.2e}", flush=True)
+            del W
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    print("\nbest per row (µs): dtype shape M | ours cublas | best wide config")
+    print("\nbest per row (µs): dtype shape M | ours ours_std cublas | per layout: best wide config, x cuBLAS")
     keyed: dict = {}
     for r in rows:
         keyed.setdefault((r["dtype"], r["K"], r["N"], r["M"]), []).append(r)
     for (dn, K, N, M), rs in keyed.items():
-        o = next(r["us"] for r in rs if r["cfg"] == "ours")
-        c = next(r["us"] for r in rs if r["cfg"] == "cublas")
-        w = [r for r in rs if r["cfg"] not in ("ours", "cublas") and r.get("us")]
-        b = min(w, key=lambda r: r["us"]) if w else None
-        print(f"{dn:8s} {K}x{N:<6} M={M:5d} | {o:8.2f} {c:8.2f} | "
-              + (f"{b['us']:8.2f} {b['us'] / c:4.2f}x cuBLAS  {b['cfg']}" if b else "-"))
+        get = lambda name: next(r["us"] for r in rs if r["cfg"] == name)   # noqa: E731
+        o, os_, c = get("ours"), get("ours_std"), get("cublas")
+        line = f"{dn:8s} {K}x{N:<6} M={M:5d} | {o:8.2f} {os_:8.2f} {c:8.2f} |"
+        for lay in layouts:
+            w = [r for r in rs if r["layout"] == lay and r["cfg"] not in ("ours", "ours_std", "cublas") and r.get("us")]
+            b = min(w, key=lambda r: r["us"]) if w else None
+            line += f" {lay}: {b['us']:8.2f} {b['us'] / c:4.2f}x {b['cfg']}" if b else f" {lay}: -"
+        print(line)
     return 0
 
 

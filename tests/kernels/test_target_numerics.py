@@ -58,8 +58,11 @@ def _case_id(case):
 def test_every_ci_target_contributes_configs():
     covered = {t for case in _cases() for t in case[4]}
     assert covered == set(CI_TARGETS)
+    # triton_gemv_stream is no longer planned for these layers (sm90's M 2..4 went to the stripe kernel); it
+    # still serves K >= 14336, N > 4096 at M = 1 (tests/kernels/test_sm90_small_m.py), its numerics are
+    # test_kplanes_kernels' and test_triton_kernels'
     assert {case[0] for case in _cases()} >= {"triton_gemv", "triton_gemm", "triton_gemm_planes",
-                                               "triton_gemv_stream", "triton_dequant_mm", "triton_stripe"}
+                                               "triton_dequant_mm", "triton_stripe"}
     assert {case[3] for case in _cases()} == {"standard", "kplanes"}
 
 

@@ -94,7 +94,7 @@ def test_plan_text_carries_the_layout():
     assert back.layout == "kplanes" and back.entries == plan.entries
     assert plan.describe() == (
         "weights kplanes; M 1..1: triton_gemv 1x256x128 sk32 fma_decode w2 st1; "
-        "M 2..4: triton_gemv 1x1024x32 sk32 fma_decode w4 st1; "
+        "M 2..4: triton_stripe 16x256x128 stages3 per_sm2 dot trans slots w4 st1; "
         "M 5..16: triton_stripe 16x128x128 stages3 per_sm2 dot trans slots w4 st1; "
         "M 17..32: triton_stripe 32x128x128 stages3 per_sm2 dot trans slots w4 st1; "
         "M 33..64: triton_stripe 64x128x128 stages4 per_sm2 dot trans slots w4 st1; "
