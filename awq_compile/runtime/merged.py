@@ -27,7 +27,7 @@ from ..formats.sources import get_format
 from ..formats.standard import dequantize_packed
 from ..kernels.problem import Problem
 from .calls import call_memo
-from .op import _bias_ok, check_inputs, plan_for_call, runner_for
+from .op import check_inputs, plan_for_call, remembered, run_resolved
 from .registration import define
 from .weights import weight_cache
 
@@ -76,25 +76,17 @@ def _forward(x: torch.Tensor, qweights: List[torch.Tensor], qzeros: List[torch.T
     tensors = (*qweights, *qzeros, *scales)
     key = ("merged", plan, layers, fmt, group_size, len(qweights), len(qzeros), x.dtype, x.device,
            x.shape[-1] if x.dim() else None, bias is None, *map(id, tensors))
-    memo = call_memo()
-    r = memo.lookup(key, tensors)
-    if r is None or (bias is not None and not _bias_ok(bias, r.N, x)):
+    r = remembered(key, tensors, x, bias)
+    if r is None:
         parts, N, K, name = _parts(x, qweights, qzeros, scales, bias, layers, fmt, group_size)
         problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
                           has_bias=bias is not None)
         resolved = plan_for_call(plan, name, x.device.type, x.device.index, problem)
         merged = weight_cache().get_merged(fmt, parts, layer=name, layout=resolved.layout)
-        r = memo.remember(key, tensors, resolved, merged, K, N, problem.with_layout(merged.prepared.layout))
+        r = call_memo().remember(key, tensors, resolved, merged, K, N, problem.with_layout(merged.prepared.layout))
     else:
         merged = r.prepared()
-    x2d = x.reshape(-1, r.K)
-    M = x2d.shape[0]
-    if M == 0:
-        return x.new_empty((*x.shape[:-1], r.N))
-    if bias is not None and bias.dtype != x.dtype:
-        bias = bias.to(x.dtype)
-    out = runner_for(r, M)(x2d, merged.prepared, merged.packed(), bias)
-    return out.reshape(*x.shape[:-1], r.N)
+    return run_resolved(r, x, merged.prepared, merged.packed(), bias)
 
 
 def _fake(x, qweights, qzeros, scales, bias, layers, fmt, group_size, plan):
@@ -138,22 +130,8 @@ def _backward(ctx, grad):
     return grad_x, None, None, None, grad_bias, None, None, None, None
 
 
-class _Function(torch.autograd.Function):
-    """The merged op where x or bias requires grad: the forward is the op itself (below autograd)."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        out = w4a16_linear_merged(*args)
-        _setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _backward(ctx, grad)
-
-
 _LIB = torch.library.Library("awq_compile", "FRAGMENT")
 w4a16_linear_merged = define(
-    _LIB, "w4a16_linear_merged(Tensor x, Tensor[] qweights, Tensor[] qzeros, Tensor[] scales, Tensor? bias, str layers, "
-          "str fmt, SymInt group_size, str plan) -> Tensor",
-    _forward, _fake, _Function, grad_inputs=(0, 4))
+    _LIB, "w4a16_linear_merged(Tensor x, Tensor[] qweights, Tensor[] qzeros, Tensor[] scales, Tensor? bias, "
+          "str layers, str fmt, SymInt group_size, str plan) -> Tensor",
+    _forward, _fake, setup_context=_setup_context, backward=_backward, grad_inputs=(0, 4))

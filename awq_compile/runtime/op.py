@@ -43,7 +43,7 @@ from ..kernels.problem import Problem
 from .planning import resolve
 from .weights import weight_cache
 
-__all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs", "runner_for"]
+__all__ = ["w4a16_linear", "w4a16_linear_backward", "check_inputs", "remembered", "run_resolved", "runner_for"]
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -105,9 +105,8 @@ def _forward(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tens
     tensors = (qweight, qzeros, scales, *aux)
     key = (plan, layer, fmt, group_size, aux_digest, x.dtype, x.device, x.shape[-1] if x.dim() else None,
            bias is None, *map(id, tensors))
-    memo = call_memo()
-    r = memo.lookup(key, tensors)
-    if r is None or (bias is not None and not _bias_ok(bias, r.N, x)):
+    r = remembered(key, tensors, x, bias)
+    if r is None:
         K, N = check_inputs(x, qweight, qzeros, scales, bias, layer, fmt, group_size)
         problem = Problem(K, N, group_size, get_format(fmt).has_zeros, str(x.dtype).removeprefix("torch."),
                           has_bias=bias is not None)
@@ -115,22 +114,33 @@ def _forward(x: torch.Tensor, qweight: torch.Tensor, qzeros: Optional[torch.Tens
         resolved = plan_for_call(plan, layer, x.device.type, x.device.index, problem)
         prepared = weight_cache().get(fmt, qweight, qzeros, scales, aux, aux_digest=aux_digest, layer=layer,
                                       layout=resolved.layout)
-        r = memo.remember(key, tensors, resolved, prepared, K, N, problem.with_layout(prepared.layout))
+        r = call_memo().remember(key, tensors, resolved, prepared, K, N, problem.with_layout(prepared.layout))
     else:
         prepared = r.prepared()
+    return run_resolved(r, x, prepared, prepared.packed(qweight, scales, qzeros), bias)
+
+
+def remembered(key, tensors, x, bias) -> Resolved | None:
+    """The memo's resolution of a call (:mod:`.calls`), or None: a first call, changed tensors, or a bias that
+    breaks check_inputs' rule (the bias is not one of the remembered tensors: a graph may compute it) -- the
+    full path then validates, and raises naming the layer."""
+    r = call_memo().lookup(key, tensors)
+    if r is not None and bias is not None and not (
+            bias.shape == (r.N,) and bias.is_floating_point() and bias.device == x.device):
+        return None
+    return r
+
+
+def run_resolved(r: Resolved, x, prepared, w, bias):
+    """x [..., K] through ``r``'s runner for its M, with ``prepared`` / ``w`` (the cache's value and its Packed
+    weight) and the bias in x's dtype: the last step of the op and of the merged op."""
     x2d = x.reshape(-1, r.K)
     M = x2d.shape[0]
     if M == 0:
         return x.new_empty((*x.shape[:-1], r.N))
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    out = runner_for(r, M)(x2d, prepared, prepared.packed(qweight, scales, qzeros), bias)
-    return out.reshape(*x.shape[:-1], r.N)
-
-
-def _bias_ok(bias, N: int, x) -> bool:
-    """check_inputs' bias rule (the bias is not one of the remembered tensors: a graph may compute it)."""
-    return bias.shape == (N,) and bias.is_floating_point() and bias.device == x.device
+    return runner_for(r, M)(x2d, prepared, w, bias).reshape(*x.shape[:-1], r.N)
 
 
 def runner_for(r: Resolved, M: int):
@@ -210,22 +220,8 @@ def _backward(ctx, grad):
     return grad_x, None, None, grad_scales, grad_bias, None, None, None, None, None, None
 
 
-class _Function(torch.autograd.Function):
-    """The op where x, scales or bias requires grad: the forward is the op itself (below autograd)."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        out = w4a16_linear(*args)
-        _setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _backward(ctx, grad)
-
-
 _LIB = torch.library.Library("awq_compile", "FRAGMENT")
 w4a16_linear = define(
-    _LIB, "w4a16_linear(Tensor x, Tensor qweight, Tensor? qzeros, Tensor scales, Tensor? bias, Tensor[] aux, str layer, "
-          "str fmt, SymInt group_size, str plan, str aux_digest) -> Tensor",
-    _forward, _fake, _Function, grad_inputs=(0, 3, 4))
+    _LIB, "w4a16_linear(Tensor x, Tensor qweight, Tensor? qzeros, Tensor scales, Tensor? bias, Tensor[] aux, "
+          "str layer, str fmt, SymInt group_size, str plan, str aux_digest) -> Tensor",
+    _forward, _fake, setup_context=_setup_context, backward=_backward, grad_inputs=(0, 3, 4))

@@ -9,7 +9,8 @@ layer is the user's.  So the forward ops are registered through :class:`torch.li
 * the implementation as the ``CompositeExplicitAutograd`` kernel (every backend), the fake through
   :func:`torch.library.register_fake`;
 * an ``Autograd`` kernel that, when an input that can get a gradient requires one (and grad mode is on),
-  applies the op's :class:`torch.autograd.Function` (whose forward calls the op again, below autograd);
+  applies an :class:`torch.autograd.Function` built from the op's setup-context and backward functions (its
+  forward calls the op again, below autograd);
   otherwise it calls the implementation **itself** when the dispatcher's next kernel would be that
   implementation anyway -- the call's remaining dispatch keys name a CPU or CUDA backend and nothing else (no
   Python mode or subclass, no fake tensors, no functionalization: those leave their own key) -- and
@@ -27,13 +28,28 @@ _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 _BACKENDS = (DispatchKey.CPU, DispatchKey.CUDA)
 
 
-def define(lib: torch.library.Library, schema: str, impl, fake, function: type[torch.autograd.Function],
+def define(lib: torch.library.Library, schema: str, impl, fake, *, setup_context, backward,
            grad_inputs: tuple[int, ...]):
-    """Define ``schema`` in ``lib``'s namespace with ``impl`` / ``fake``; ``function.apply(*args)`` serves calls in
-    which an argument at one of ``grad_inputs`` requires grad.  Returns the op's default overload."""
+    """Define ``schema`` in ``lib``'s namespace with ``impl`` / ``fake``.  A call in which an argument at one of
+    ``grad_inputs`` requires grad runs through an :class:`torch.autograd.Function` whose forward is the op itself
+    (below autograd), then ``setup_context(ctx, args, out)``, and whose backward is ``backward(ctx, grad)`` (one
+    value per argument of the schema) -- ``register_autograd``'s two functions.  Returns the op's default overload."""
     name = schema.split("(", 1)[0]
     lib.define(schema)
     op = getattr(getattr(torch.ops, lib.ns), name).default
+
+    class function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            out = op(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(ctx, grad)
+
+    function.__name__ = function.__qualname__ = f"{name}_function"
     lib.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{lib.ns}::{name}", fake, lib=lib)
 
