@@ -35,8 +35,8 @@ import sys
 
 import torch
 
-from .sweep import (add_layout_option, layouts_of, plan_items, precompile, shape_weights, stress, sweep_meta,
-                    time_config)
+from .sweep import (add_layout_option, layouts_of, plan_items, precompile, run_config, shape_weights, stress,
+                    sweep_meta)
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 # the Llama-3-8B decode's projections the M = 1 entries were tuned for: merged qkv, o, merged gate/up, down
@@ -300,16 +300,9 @@ def main(argv=None):
                         row = dict(base, cfg=spec, layout=lay)
                         rows.append(row)
                         label = f"{lay:8s} {spec:34s}"
-                        why = refused.get((spec, lay, K, N, M))
-                        if why:
-                            row["refused"] = why
-                            print(f"    {label} REFUSED {why}", flush=True)
-                            continue
-                        if (spec, dname, lay, cm[M]) in failed:
-                            row["error"] = f"compile failed: {failed[(spec, dname, lay, cm[M])]}"
-                            print(f"    {label} FAILED {row['error']}", flush=True)
-                            continue
-                        us = time_config(_run_cfg, spec, x, W.packed[lay], ref, M, N, dtype, tol, target, row, label)
+                        us = run_config(_run_cfg, spec, x, W.packed[lay], ref, M, N, dtype, tol, target, row, label,
+                                        refused=refused.get((spec, lay, K, N, M)),
+                                        failed=failed.get((spec, dname, lay, cm[M])))
                         if us is None:
                             continue
                         timed.append(row)

@@ -168,6 +168,22 @@ def time_config(run_cfg, spec: str, x, std: list, ref, M: int, N: int, dtype, to
     return us
 
 
+def run_config(run_cfg, spec: str, x, std: list, ref, M: int, N: int, dtype, tol: float, target, row: dict,
+               label: str, *, refused: str | None, failed: str | None) -> float | None:
+    """One config of a sweep row: REFUSED (``refused``, the spec's reason for this layout / shape / M) or FAILED
+    (``failed``, its compile error in the workers) printed and recorded in ``row``, else :func:`time_config`;
+    the µs per call, or None when it was not timed."""
+    if refused:
+        row["refused"] = refused
+        print(f"    {label} REFUSED {refused}", flush=True)
+        return None
+    if failed is not None:
+        row["error"] = f"compile failed: {failed}"
+        print(f"    {label} FAILED {row['error']}", flush=True)
+        return None
+    return time_config(run_cfg, spec, x, std, ref, M, N, dtype, tol, target, row, label)
+
+
 def stress(run_cfg, spec: str, x, std, w64, M: int, K: int, N: int, dtype, target, n: int, tol: float) -> dict:
     """Relaunch ``spec`` ``n`` times on fresh NaN poison, every other launch with fresh x: a split-K race
     shows as a wrong launch."""

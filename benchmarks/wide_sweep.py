@@ -25,8 +25,8 @@ import sys
 
 import torch
 
-from .sweep import (add_layout_option, compile_ms, layouts_of, plan_items, precompile, shape_weights, stress,
-                    sweep_meta, time_config)
+from .sweep import (add_layout_option, compile_ms, layouts_of, plan_items, precompile, run_config, shape_weights,
+                    stress, sweep_meta)
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 G = 128
@@ -177,16 +177,9 @@ def main(argv=None):
                         row = dict(base, cfg=spec, layout=lay)
                         rows.append(row)
                         label = f"{lay:8s} {spec:26s}"
-                        why = refused.get((dname, spec, lay, K, N, M))
-                        if why:
-                            row["refused"] = why
-                            print(f"    {label} REFUSED {why}", flush=True)
-                            continue
-                        if (spec, dname, lay, cm[M]) in failed:
-                            row["error"] = f"compile failed: {failed[(spec, dname, lay, cm[M])]}"
-                            print(f"    {label} FAILED {row['error']}", flush=True)
-                            continue
-                        us = time_config(_run_cfg, spec, x, W.packed[lay], ref, M, N, dtype, tol, target, row, label)
+                        us = run_config(_run_cfg, spec, x, W.packed[lay], ref, M, N, dtype, tol, target, row, label,
+                                        refused=refused.get((dname, spec, lay, K, N, M)),
+                                        failed=failed.get((spec, dname, lay, cm[M])))
                         if us is None:
                             continue
                         print(f"    {label} {us:8.2f} us  ({us / cub:4.2f}x cuBLAS, {us / ours:4.2f}x ours, "
