@@ -25,6 +25,8 @@ from torch._C import DispatchKey
 __all__ = ["define"]
 
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+# what is left of a call's keys below autograd, less ADInplaceOrView (a fallthrough for functional ops)
+_BELOW = _AFTER_AUTOGRAD.remove(DispatchKey.ADInplaceOrView)
 _BACKENDS = (DispatchKey.CPU, DispatchKey.CUDA)
 
 
@@ -59,10 +61,9 @@ def define(lib: torch.library.Library, schema: str, impl, fake, *, setup_context
                 a = args[i]
                 if a is not None and a.requires_grad:
                     return function.apply(*args)
-        rest = keyset & _AFTER_AUTOGRAD
-        if rest.remove(DispatchKey.ADInplaceOrView).highestPriorityTypeId() in _BACKENDS:
+        if (keyset & _BELOW).highestPriorityTypeId() in _BACKENDS:
             return impl(*args)
-        return op.redispatch(rest, *args)
+        return op.redispatch(keyset & _AFTER_AUTOGRAD, *args)
 
     lib.impl(name, autograd_kernel, "Autograd", with_keyset=True)
     return op
