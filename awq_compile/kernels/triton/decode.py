@@ -67,6 +67,16 @@ def _plane_lo(packed, I: tl.constexpr):
 
 
 @triton.jit
+def _kplanes_tile_row(k0, BLOCK_K: tl.constexpr):
+    """kplanes, BLOCK_K < 128: the K row of nibble 0 of word row 0 of the K tile at ``k0`` -- tile ``t`` is tile
+    ``t % (128 / BLOCK_K)`` of 128-row block ``t // (128 / BLOCK_K)``, and its word rows start BLOCK_K / 8 rows in
+    per tile before it."""
+    TPB: tl.constexpr = 128 // BLOCK_K          # K tiles per 128-row block
+    t = k0 // BLOCK_K
+    return (t // TPB) * 128 + (t % TPB) * (BLOCK_K // 8)
+
+
+@triton.jit
 def _krows(k0, BLOCK_K: tl.constexpr, KPLANES: tl.constexpr):
     """[BLOCK_K/8] K row of nibble 0 of each word row of the K tile at ``k0``; nibble i is that row plus
     16 i (kplanes) or i (standard).  Standard: ``k0 + 8 r``.  kplanes (formats/kplanes.py; BLOCK_K divides 128 or
@@ -75,9 +85,7 @@ def _krows(k0, BLOCK_K: tl.constexpr, KPLANES: tl.constexpr):
     r = tl.arange(0, BLOCK_K // 8)
     if KPLANES:
         if BLOCK_K <= 128:
-            TPB: tl.constexpr = 128 // BLOCK_K          # K tiles per 128-row block
-            t = k0 // BLOCK_K
-            return (t // TPB) * 128 + (t % TPB) * (BLOCK_K // 8) + r
+            return _kplanes_tile_row(k0, BLOCK_K) + r
         else:
             return k0 + (r // 16) * 128 + r % 16
     else:
@@ -93,9 +101,7 @@ def _kcols(k0, BLOCK_K: tl.constexpr, KPLANES: tl.constexpr):
     if KPLANES and BLOCK_K != 128:
         BK8: tl.constexpr = BLOCK_K // 8
         if BLOCK_K < 128:
-            TPB: tl.constexpr = 128 // BLOCK_K
-            t = k0 // BLOCK_K
-            return (t // TPB) * 128 + (t % TPB) * BK8 + (p // BK8) * 16 + p % BK8
+            return _kplanes_tile_row(k0, BLOCK_K) + (p // BK8) * 16 + p % BK8
         else:
             r = p % BK8
             return k0 + (r // 16) * 128 + (p // BK8) * 16 + r % 16
