@@ -12,6 +12,8 @@ every 32 calls, outside the timing, so the launch queue never fills and blocks t
 * ``launch``   -- :func:`awq_compile.kernels.triton.launch.launch` of the plan's prebuilt launch plan on the
   prepared weight (the op minus its checks, plan and cache lookups);
 * ``triton``   -- the jit function's own launch (``fn[grid](*args, **kwargs)``) with prebuilt arguments;
+* ``direct``   -- the same arguments through a :class:`~awq_compile.kernels.triton.compiled.KernelLauncher` (the
+  kernel Triton compiled, launched without Triton's binding and cache lookup; what ``launch`` uses);
 * ``mm``       -- ``torch.mm`` of x with a dense [K, N] weight (a floor for one launch through torch).
 
 ``--profile`` prints a cProfile of the op's calls at those M (top functions by own time).
@@ -33,6 +35,7 @@ import awq_compile.runtime.op  # noqa: F401  (registers torch.ops.awq_compile.w4
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.registry import select
 from awq_compile.kernels.spec import LaunchOptions, Operands
+from awq_compile.kernels.triton.compiled import KernelLauncher
 from awq_compile.kernels.triton.launch import launch, planned
 from awq_compile.runtime.weights import weight_cache
 from awq_compile.target import detect
@@ -77,7 +80,7 @@ def main(argv=None):
     op = torch.ops.awq_compile.w4a16_linear
     dense = torch.randn(K, N, dtype=torch.float16, device="cuda")
     print(f"# {K}x{N} fp16 g{G} on {target}, torch {torch.__version__}; plan: {plan.describe()}")
-    print("     M  kernel          op µs  launch µs  triton µs   mm µs")
+    print("     M  kernel          op µs  launch µs  triton µs  direct µs   mm µs")
     for M in ms:
         x = torch.randn(M, K, dtype=torch.float16, device="cuda")
         op(x, q, z, s, None, [], "bench", "awq", G, enc, "")          # prepares the weight
@@ -97,8 +100,12 @@ def main(argv=None):
                     ops.workspace, ops.tickets = workspace(x.device, *lp.workspace, lp.workspace_kind)
                 a, kw, fn, grid = lp.arguments(ops), lp.kwargs, lp.fn, lp.grid
                 row["triton"] = host_us(lambda: fn[grid](*a, **kw), args.calls)
+                direct = KernelLauncher(fn, grid, kw)
+                row["direct"] = host_us(lambda: direct(*a), args.calls)
+                if not direct.direct:
+                    print(f"# M={M}: the compiled-kernel launch was not taken ({direct.full} launches through Triton)")
         row["mm"] = host_us(lambda: torch.mm(x, dense), args.calls)
-        cells = "  ".join(f"{row[c]:9.1f}" if c in row else "      n/a" for c in ("op", "launch", "triton", "mm"))
+        cells = "  ".join(f"{row[c]:9.1f}" if c in row else "      n/a" for c in ("op", "launch", "triton", "direct", "mm"))
         print(f"{M:6d}  {entry.kernel:14s} {cells}", flush=True)
         if M in prof_ms:
             pr = cProfile.Profile()

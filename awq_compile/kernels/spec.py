@@ -242,6 +242,9 @@ class LaunchPlan:
                                                   # kernel's per-contributor slots (written before read)
     dense_weight: bool = False                    # fn writes Operands.dense [K, N]; then torch matmul
     kwargs: dict = dataclasses.field(default_factory=dict, compare=False)
+    # what the launcher (triton/launch.py) keeps between launches of this plan -- its compiled kernel; not
+    # part of the plan's value
+    runtime: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", {**self.constexprs, **self.options})

@@ -20,6 +20,7 @@ import torch
 from ..problem import Problem
 from ..spec import LaunchOptions, LaunchPlan, Operands, plan_launch
 from ..specs import get_spec
+from .compiled import KernelLauncher
 
 __all__ = ["run", "launch", "planned", "kplanes_regroup", "reserve_workspace", "reserve_for_plan", "workspace", "RESERVE_ROWS",
            "WORKSPACE_KINDS"]
@@ -101,7 +102,8 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
     ``workspace(numel, tiles) -> (fp32 workspace, int32 tickets)``, zeroed, for a caller that allocates
     per call (default: the persistent per-device pair, which the kernels leave zeroed).
     ``wrap(plan) -> (kernel, kwargs)``: what is launched with which keywords (default ``plan.fn`` with
-    ``plan.kwargs``; the export's triton_op launches through ``torch.library.wrap_triton``)."""
+    ``plan.kwargs`` through the plan's :class:`~.compiled.KernelLauncher`; the export's triton_op launches
+    through ``torch.library.wrap_triton``)."""
     if plan.x_regroup:
         M, K = x2d.shape
         bk = plan.x_regroup
@@ -114,15 +116,20 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
             ops.workspace, ops.tickets = workspace(*plan.workspace)
         else:
             ops.workspace, ops.tickets = _workspace().get(x2d.device, *plan.workspace, plan.workspace_kind)
-    fn, kwargs = wrap(plan) if wrap is not None else (plan.fn, plan.kwargs)
+    if wrap is not None:
+        fn, kwargs = wrap(plan)
+        start = lambda *args: fn[plan.grid](*args, **kwargs)          # noqa: E731
+    else:
+        start = plan.runtime.get("launcher") or plan.runtime.setdefault(
+            "launcher", KernelLauncher(plan.fn, plan.grid, plan.kwargs))
     if plan.dense_weight:
         K, N = x2d.shape[1], qweight.shape[1]
         ops.dense = torch.empty((K, N), dtype=x2d.dtype, device=qweight.device)
-        fn[plan.grid](*plan.arguments(ops), **kwargs)
+        start(*plan.arguments(ops))
         if bias is None:
             return torch.mm(x2d, ops.dense, out=out)
         return torch.addmm(bias, x2d, ops.dense, out=out)
-    fn[plan.grid](*plan.arguments(ops), **kwargs)
+    start(*plan.arguments(ops))
     return out
 
 
