@@ -245,3 +245,49 @@ def test_check_target_options_have_help_and_the_cache_location_is_printed(tmp_ca
     assert "ok (cached)" in out and f"report cache {tmp_cache}" in out
     assert check_target.main(["hip:gfx90a", *one, "--no-cache"]) == 0
     assert "report cache off" in capsys.readouterr().out
+
+
+_FENCE_PTX = """
+import triton
+from awq_compile.kernels import aot
+from awq_compile.kernels.aot import AotRequest
+from awq_compile.target import Target
+
+cfg = dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, SPLIT_K=8, FMA_DECODE=1, num_warps=2, num_stages=1)
+for spec in ("cuda:sm90", "cuda:sm80"):
+    req = AotRequest.make("triton_gemv", cfg, spec)
+    fn, values, constexprs, options = aot._planned(req)
+    assert constexprs["FENCE"] is True
+    sig, ints = aot._signature(fn, values, constexprs)
+    target = Target.parse(spec).to_triton()
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs,
+                                    attrs=aot._attrs(triton.compiler.make_backend(target), Target.parse(spec), sig, ints))
+    ptx = triton.compile(src, target=target, options=options).asm["ptx"]
+    # the per-thread release is one fence; the only release-ordered atomic left is the acq_rel ticket
+    assert "fence.acq_rel.gpu" in ptx, spec
+    assert not [l for l in ptx.splitlines() if ".release" in l], spec      # (was red.global.gpu.release.add)
+print("ok")
+"""
+
+
+def test_split_k_release_is_a_per_thread_fence_in_cuda_code_and_a_release_add_elsewhere():
+    """decode._release_adds: ``fence.acq_rel.gpu`` per thread where the plan is NVIDIA code (one workspace atomic
+    per element instead of two); a no-op release add on ROCm and under the interpreter.  The PTX is checked in a
+    child without the interpreter."""
+    import subprocess
+    import sys
+
+    from awq_compile.kernels.problem import Problem
+    from awq_compile.kernels.spec import plan_launch
+    from awq_compile.kernels.specs import get_spec
+
+    spec = get_spec("triton_gemv")
+    p = Problem(4096, 4096, 128, True, "float16", m=1)
+    for target, interpret, fence in (("cuda:sm90", False, True), ("cuda:sm80", False, True),
+                                     ("hip:gfx942", False, False), ("cuda:sm90", True, False)):
+        t = Target.parse(target)
+        config, launch = spec.parse(dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, SPLIT_K=8, num_warps=2, num_stages=1),
+                                    "t", backend=t.backend)
+        assert plan_launch(spec, config, launch, p, t, interpret=interpret).constexprs["FENCE"] is fence
+    out = subprocess.run([sys.executable, "-c", _FENCE_PTX], capture_output=True, text=True, env=aot._child_env())
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -56,7 +56,8 @@ def plan(cfg: GemmConfig, launch, problem, target, interpret: bool) -> LaunchPla
     from ..triton.gemm import _gemm_kernel
 
     grid, ws = gemm_grid_and_workspace(cfg, problem)
-    consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
+    consts = {**common_constexprs(problem, target, interpret), **cfg.constexprs(),
+              "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm", _gemm_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws,
                       x_kplanes=cfg.BLOCK_K if problem.layout == "kplanes" and cfg.BLOCK_K < 128 else 0)

@@ -33,7 +33,8 @@ def plan(cfg: GemmPlanesConfig, launch, problem, target, interpret: bool) -> Lau
     from ..triton.gemm import _gemm_planes_kernel
 
     grid, ws = gemm_grid_and_workspace(cfg, problem)
-    consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
+    consts = {**common_constexprs(problem, target, interpret), **cfg.constexprs(),
+              "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm_planes", _gemm_planes_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments,
                       x_regroup=cfg.BLOCK_K if cfg.XPERM and problem.layout == "standard" else 0, workspace=ws)

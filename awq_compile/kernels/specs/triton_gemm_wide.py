@@ -58,7 +58,8 @@ def plan(cfg: GemmWideConfig, launch, problem, target, interpret: bool) -> Launc
     from ..triton.gemm_wide import _gemm_wide_kernel
 
     grid, ws = wide_grid_and_workspace(cfg, problem, target.family)
-    consts = {**common_constexprs(problem), **cfg.constexprs(), "UPCAST_DOT": upcast_dot(problem, interpret)}
+    consts = {**common_constexprs(problem, target, interpret), **cfg.constexprs(),
+              "UPCAST_DOT": upcast_dot(problem, interpret)}
     return LaunchPlan("triton_gemm_wide", _gemm_wide_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws,
                       x_kplanes=cfg.BLOCK_K if problem.layout == "kplanes" and cfg.BLOCK_K < 128 else 0)

@@ -47,16 +47,19 @@ def gemv_grid_and_workspace(cfg, problem):
     return (tiles_n, cfg.SPLIT_K, tiles_m), ws
 
 
-def common_constexprs(problem) -> dict:
+def common_constexprs(problem, target, interpret: bool) -> dict:
+    """The constexprs every fused kernel takes: group size, zeros, bias, layout, and FENCE (the split-K
+    epilogue's per-thread release as a ``fence.acq_rel.gpu`` -- NVIDIA code, not under the interpreter)."""
     return dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, HAS_BIAS=problem.has_bias,
-                KPLANES=problem.layout == "kplanes")
+                KPLANES=problem.layout == "kplanes", FENCE=not interpret and target.backend == "cuda")
 
 
 def plan(cfg: GemvConfig, launch, problem, target, interpret: bool) -> LaunchPlan:
     from ..triton.gemv import _gemv_kernel
 
     grid, ws = gemv_grid_and_workspace(cfg, problem)
-    return LaunchPlan("triton_gemv", _gemv_kernel, grid, {**common_constexprs(problem), **cfg.constexprs()},
+    consts = {**common_constexprs(problem, target, interpret), **cfg.constexprs()}
+    return LaunchPlan("triton_gemv", _gemv_kernel, grid, consts,
                       {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws)
 
 

@@ -37,7 +37,7 @@ def plan(cfg: GemvStreamConfig, launch, problem, target, interpret: bool) -> Lau
 
     grid, ws = gemv_grid_and_workspace(cfg, problem)
     return LaunchPlan("triton_gemv_stream", _gemv_stream_kernel, grid,
-                      {**common_constexprs(problem), **cfg.constexprs()},
+                      {**common_constexprs(problem, target, interpret), **cfg.constexprs()},
                       {} if interpret else launch.for_backend(target.backend), fused_arguments, workspace=ws)
 
 

@@ -26,7 +26,8 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                 SCALE_AFTER: tl.constexpr, KPLANES: tl.constexpr = False):
+                 SCALE_AFTER: tl.constexpr, KPLANES: tl.constexpr = False,
+                 FENCE: tl.constexpr = False):
     """KPLANES: the weight is in the kplanes layout: the tile is decoded plane-major; x is the contiguous
     K tile for BLOCK_K <= 128 (for BLOCK_K < 128 the launch regroups x into each tile's decode order,
     ``LaunchPlan.x_kplanes``) and read at each decoded row's K (``decode._kcols``) for BLOCK_K > 128."""
@@ -68,7 +69,7 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
             else:
                 acc = tl.dot(a, w, acc)
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-            stride_om, SPLIT_K, HAS_BIAS)
+            stride_om, SPLIT_K, HAS_BIAS, FENCE)
 
 
 @triton.jit
@@ -78,7 +79,8 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
                         SCALE_AFTER: tl.constexpr, TRANS: tl.constexpr, XPERM: tl.constexpr,
-                        KPLANES: tl.constexpr = False):
+                        KPLANES: tl.constexpr = False,
+                        FENCE: tl.constexpr = False):
     """Like ``_gemm_kernel`` but each K tile is eight dots of K = BLOCK_K/8, one per nibble plane.
 
     Plane i of the packed tile [BLOCK_K/8, BLOCK_N] holds rows k0 + 8r + i; it is multiplied by the
@@ -176,4 +178,4 @@ def _gemm_planes_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
     if TRANS:
         acc = tl.trans(acc)
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-            stride_om, SPLIT_K, HAS_BIAS)
+            stride_om, SPLIT_K, HAS_BIAS, FENCE)

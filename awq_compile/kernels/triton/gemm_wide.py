@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode import _grouped_tile, _kcols, _magic16, _zero_codes
+from .decode import _grouped_tile, _kcols, _magic16, _release_adds, _zero_codes
 
 
 @triton.jit
@@ -122,7 +122,8 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                       GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                      TRANS: tl.constexpr, PERSIST: tl.constexpr, KPLANES: tl.constexpr = False):
+                      TRANS: tl.constexpr, PERSIST: tl.constexpr, KPLANES: tl.constexpr = False,
+                      FENCE: tl.constexpr = False):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     tiles = num_m * num_n
@@ -139,12 +140,12 @@ def _gemm_wide_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, l
                                          HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UPCAST_DOT, TRANS,
                                          KPLANES)
         _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, pid_m * num_n + pid_n,
-                    stride_om, SPLIT_K, HAS_BIAS)
+                    stride_om, SPLIT_K, HAS_BIAS, FENCE)
 
 
 @triton.jit
 def _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, tile_id, stride_om,
-                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, FENCE: tl.constexpr):
     """``decode._finish`` without its early return (which cannot sit in a loop): split-K partial sums go
     to the fp32 workspace, and the last program of a tile (ticket) writes the output and re-zeroes it."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -155,7 +156,7 @@ def _store_tile(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N, 
         ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
         # every thread's adds performed at gpu scope before the ticket (see decode._finish)
-        tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="release")
+        _release_adds(ws, mask, acc, FENCE)
         tl.debug_barrier()
         ticket = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:

@@ -59,7 +59,8 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                  M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, FMA_DECODE: tl.constexpr = False, KPLANES: tl.constexpr = False):
+                 SPLIT_K: tl.constexpr, FMA_DECODE: tl.constexpr = False, KPLANES: tl.constexpr = False,
+                 FENCE: tl.constexpr = False):
     """FMA_DECODE (BLOCK_M == 1): one FMA per weight element on ``OFF_i + q`` (see ``_plane_lo``); the
     group's ``sum_k OFF(k) x_k + z * sum_k x_k`` is subtracted per column once per group, computed from
     one contiguous load of the group's activations.  KPLANES: the weight is in the kplanes layout (x
@@ -106,7 +107,7 @@ def _gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_p
                 d = d - (tl.sum(xg * off_g, axis=0) + z * tl.sum(xg, axis=0))[None, :]
         acc += s[None, :] * d
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N,
-            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS)
+            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS, FENCE)
 
 
 @triton.jit
@@ -114,7 +115,8 @@ def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
                         M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                         GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        SPLIT_K: tl.constexpr, KPLANES: tl.constexpr = False):
+                        SPLIT_K: tl.constexpr, KPLANES: tl.constexpr = False,
+                        FENCE: tl.constexpr = False):
     """GEMV over a contiguous run of K tiles with the next tile's words, scales and zeros loaded before the
     current tile is decoded (register double buffering), so every thread keeps loads in flight while it
     computes instead of waiting one memory round trip per tile."""
@@ -160,4 +162,4 @@ def _gemv_stream_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr,
             d = tl.sum(d, axis=0)[None, :]
         acc += s[None, :] * d
     _finish(acc, out_ptr, ws_ptr, lock_ptr, bias_ptr, offs_m, offs_n, M, N,
-            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS)
+            pid_m * tl.num_programs(0) + pid_n, stride_om, SPLIT_K, HAS_BIAS, FENCE)

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import _magic16, _plane_act
+from .decode import _fence_gpu, _magic16, _plane_act
 from ..specs.triton_stripe import stripe_geometry, stripe_workspace_size
 from .launch import workspace
 
@@ -131,15 +131,6 @@ def _pair_asm(src, zm2, s2, ACT: tl.constexpr, SCALE: tl.constexpr):
             return tl.inline_asm_elementwise(
                 "{ .reg .b32 t; lop3.b32 t, $1, 983055, 1677747200, 234; sub.rn.f16x2 $0, t, $2; }",
                 "=r,r,r,r", [src, zm2, s2], dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _fence_gpu(FENCE: tl.constexpr):
-    """``fence.acq_rel.gpu`` in every thread (NVIDIA); nothing under the interpreter, which runs programs
-    one after another."""
-    if FENCE:
-        tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, 0;", "=r,r", [tl.zeros((1,), tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
