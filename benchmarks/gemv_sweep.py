@@ -35,6 +35,8 @@ import sys
 
 import torch
 
+from awq_compile.target import interpreter_active
+
 from .sweep import (add_layout_option, layouts_of, plan_items, precompile, run_config, shape_weights, stress,
                     sweep_meta)
 
@@ -177,8 +179,8 @@ def _run_cfg(spec: str, x, w, out, target):
     from awq_compile.kernels.triton.launch import run
 
     kernel, cfg, launch = resolve(spec)
-    return run(kernel, cfg, launch, x, w.qweight, w.qzeros, w.scales, None, out, G, target, interpret=False,
-               layout=w.layout)
+    return run(kernel, cfg, launch, x, w.qweight, w.qzeros, w.scales, None, out, G, target,
+               interpret=interpreter_active(), layout=w.layout)
 
 
 def parser() -> argparse.ArgumentParser:

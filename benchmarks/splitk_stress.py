@@ -10,7 +10,7 @@ from awq_compile.kernels.triton.launch import run
 from awq_compile.kernels.problem import Problem
 from awq_compile.formats.kplanes import to_kplanes
 from awq_compile.kernels.registry import select
-from awq_compile.target import detect
+from awq_compile.target import detect, interpreter_active
 from benchmarks.common import AWQ, dequant64, random_awq, rel_err
 
 bad = runs = 0
@@ -36,7 +36,7 @@ for K, N in ((4096, 14336), (14336, 4096), (8192, 8192), (4096, 1024)):
                 x.normal_()              # half the launches on fresh activations
                 ref = x.double() @ w
             run(e.kernel, e.config, e.launch, x, qweight, st.qzeros, st.scales, None, out, 128, target,
-                interpret=False, layout=plan.layout)
+                interpret=interpreter_active(), layout=plan.layout)
             errs.append(rel_err(out, ref))
             runs += 1
         worst = max(errs)

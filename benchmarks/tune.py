@@ -18,7 +18,7 @@ import torch
 from awq_compile.kernels.problem import Problem
 from awq_compile.kernels.specs import get_spec
 from awq_compile.kernels.triton.launch import run
-from awq_compile.target import Target
+from awq_compile.target import Target, interpreter_active
 from .common import AWQ, copies_for, dequant64, graph_time_us, random_awq, rel_err
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
@@ -36,7 +36,8 @@ def prune(kid, cfg, *, K, N, group_size, shared_limit):
 
 def launch(kid, x, qweight, qzeros, scales, bias, out, group_size, cfg):
     config, opts = _parse(kid, cfg)
-    return run(kid, config, opts, x, qweight, qzeros, scales, bias, out, group_size, SM90, interpret=False)
+    return run(kid, config, opts, x, qweight, qzeros, scales, bias, out, group_size, SM90,
+               interpret=interpreter_active())
 
 
 def candidates_planes(M: int):
