@@ -35,10 +35,8 @@ import sys
 
 import torch
 
-from awq_compile.target import interpreter_active
-
-from .sweep import (add_layout_option, layouts_of, plan_items, precompile, run_config, shape_weights, stress,
-                    sweep_meta)
+from .sweep import (add_layout_option, launch_resolved, layouts_of, plan_items, precompile, run_config,
+                    shape_weights, stress, sweep_meta)
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 8192))
 # the Llama-3-8B decode's projections the M = 1 entries were tuned for: merged qkv, o, merged gate/up, down
@@ -176,11 +174,7 @@ def _reduces(spec: str) -> bool:
 
 
 def _run_cfg(spec: str, x, w, out, target):
-    from awq_compile.kernels.triton.launch import run
-
-    kernel, cfg, launch = resolve(spec)
-    return run(kernel, cfg, launch, x, w.qweight, w.qzeros, w.scales, None, out, G, target,
-               interpret=interpreter_active(), layout=w.layout)
+    return launch_resolved(resolve(spec), x, w, out, G, target)
 
 
 def parser() -> argparse.ArgumentParser:

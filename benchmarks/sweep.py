@@ -2,9 +2,9 @@
 shape in the layouts a sweep runs (``--layout``), compiling every config in worker processes first, the
 spec's refusal of a config for a (layout, shape, M), timing one config on NaN-poisoned outputs after its
 float64 check, and the relaunch stress of a config.  ``run_cfg(spec, x, w, out, target)`` is the sweep's own
-launcher (a module-level function, so worker processes can import it); ``w`` is a
-:class:`~awq_compile.formats.packed.Packed` whose ``layout`` the launcher passes on to
-``awq_compile.kernels.triton.launch.run``."""
+launcher (a module-level function, so worker processes can import it) calling :func:`launch_resolved` with
+its own spelling's ``(kernel, config, launch)``; ``w`` is a :class:`~awq_compile.formats.packed.Packed` whose
+``layout`` goes on to ``awq_compile.kernels.triton.launch.run``."""
 
 from __future__ import annotations
 
@@ -166,6 +166,18 @@ def time_config(run_cfg, spec: str, x, std: list, ref, M: int, N: int, dtype, to
         return None
     row["us"] = us
     return us
+
+
+def launch_resolved(resolved: tuple, x, w, out, group_size: int, target):
+    """Launch ``resolved`` = (kernel id, config, launch options) on x with the packed weight ``w`` (in its
+    layout), writing ``out``: the body of every sweep's ``run_cfg``.  ``interpret`` follows the process (the
+    planner picks NVIDIA-only code, e.g. the split-K fence, only when Triton's interpreter is not running)."""
+    from awq_compile.kernels.triton.launch import run
+    from awq_compile.target import interpreter_active
+
+    kernel, cfg, launch = resolved
+    return run(kernel, cfg, launch, x, w.qweight, w.qzeros, w.scales, None, out, group_size, target,
+               interpret=interpreter_active(), layout=w.layout)
 
 
 def run_config(run_cfg, spec: str, x, std: list, ref, M: int, N: int, dtype, tol: float, target, row: dict,

@@ -189,7 +189,7 @@ def _fence_gpu(FENCE: tl.constexpr):
 def _release_adds(ws, mask, acc, FENCE: tl.constexpr):
     """Make this thread's relaxed split-K adds into ``ws`` performed at gpu scope before what follows (the
     CTA barrier and one thread's ticket): ``fence.acq_rel.gpu`` with FENCE (NVIDIA), else a no-op release add
-    per element -- as strong, but twice the workspace atomics (0.0-0.4 µs on the H200's M = 1 GEMV rows)."""
+    per element -- as strong, but twice the workspace atomics (0.0-0.5 µs on the H200's M = 1 GEMV rows)."""
     if FENCE:
         _fence_gpu(FENCE)
     else:
