@@ -47,11 +47,16 @@ def gemv_grid_and_workspace(cfg, problem):
     return (tiles_n, cfg.SPLIT_K, tiles_m), ws
 
 
+def fence_code(target, interpret: bool) -> bool:
+    """Whether a kernel's FENCE constexpr may select ``fence.acq_rel.gpu`` (inline PTX: NVIDIA code, not under
+    the interpreter) -- the split-K epilogue's and the stripe kernel's per-thread release."""
+    return not interpret and target.backend == "cuda"
+
+
 def common_constexprs(problem, target, interpret: bool) -> dict:
-    """The constexprs every fused kernel takes: group size, zeros, bias, layout, and FENCE (the split-K
-    epilogue's per-thread release as a ``fence.acq_rel.gpu`` -- NVIDIA code, not under the interpreter)."""
+    """The constexprs every fused kernel takes: group size, zeros, bias, layout, and FENCE (:func:`fence_code`)."""
     return dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, HAS_BIAS=problem.has_bias,
-                KPLANES=problem.layout == "kplanes", FENCE=not interpret and target.backend == "cuda")
+                KPLANES=problem.layout == "kplanes", FENCE=fence_code(target, interpret))
 
 
 def plan(cfg: GemvConfig, launch, problem, target, interpret: bool) -> LaunchPlan:

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 
 from ..spec import KernelConfig, KernelSpec, LaunchPlan, Operands, k_tile_reason
+from .triton_gemv import fence_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def plan(cfg: StripeKernelConfig, launch, problem, target, interpret: bool) -> L
                   BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, DOT=cfg.DOT, STAGES=cfg.STAGES,
                   KPERM=problem.layout == "kplanes", EVEN_N=problem.N % cfg.BLOCK_N == 0, TRANS=cfg.TRANS,
                   SCALE_IN=cfg.SCALE_IN, WIDE=False, PAIRS=False, ASM=False, SLOTS=cfg.SLOTS,
-                  FENCE=cfg.SLOTS and not interpret and target.backend == "cuda",
+                  FENCE=cfg.SLOTS and fence_code(target, interpret),
                   UPCAST=interpret and problem.act_dtype == "bfloat16")
     options = {} if interpret else {**launch.for_backend(target.backend), "num_stages": 1}
     return LaunchPlan("triton_stripe", _stripe_kernel, (programs,), consts, options,
