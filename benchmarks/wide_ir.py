@@ -15,7 +15,7 @@ import argparse
 import os
 import re
 
-from awq_compile.kernels.aot import AotRequest, _attrs, _planned, _signature
+from awq_compile.kernels.aot import AotRequest, compile_request
 from awq_compile.target import Target
 
 from .wide_sweep import parse
@@ -28,17 +28,8 @@ def compile_one(cfg: dict, target: Target, act_dtype="float16", M=256, K=4096, N
                 layout="standard"):
     """AOT-compile ``kernel`` with table keys ``cfg`` for ``target`` and the weight ``layout``; M specialises
     the launch's M argument (None: the planned problem's own)."""
-    import triton
-    from triton.compiler import ASTSource, make_backend
-
     req = AotRequest.make(kernel, cfg, str(target), act_dtype=act_dtype, K=K, N=N, layout=layout)
-    fn, values, constexprs, options = _planned(req)
-    if M is not None:
-        values["M"] = M
-    sig, ints = _signature(fn, values, constexprs)
-    gpu = target.to_triton()
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=_attrs(make_backend(gpu), target, sig, ints))
-    return triton.compile(src, target=gpu, options=options)
+    return compile_request(req, m=M)
 
 
 def summarise(c) -> dict:

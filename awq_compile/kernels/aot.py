@@ -385,23 +385,35 @@ def _base(req: AotRequest) -> dict:
                 group_size=req.group_size, has_zeros=req.has_zeros, has_bias=req.has_bias)
 
 
-def _compile_here(req: AotRequest) -> AotReport:
-    """Compile in this process (which must not be running Triton's interpreter)."""
+def compile_request(req: AotRequest, *, m: int | None = None):
+    """Triton's compiled kernel for ``req`` (all its stages' text in ``.asm``); ``m`` specialises the launch's
+    M argument (None: the planned problem's own).  Raises what the compiler raises."""
     import triton
     from triton.compiler import ASTSource, make_backend
 
     target = Target.parse(req.target)
+    fn, values, constexprs, options = _planned(req)
+    if m is not None:
+        values["M"] = m
+    sig, ints = _signature(fn, values, constexprs)
+    gpu_target = target.to_triton()
+    attrs = _attrs(make_backend(gpu_target), target, sig, ints)
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():   # a Gluon kernel's source is compiled as Gluon
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    try:
+        src = source(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    except TypeError:  # a Triton whose ASTSource takes no attrs keyword
+        src = source(fn=fn, signature=sig, constexprs=constexprs)
+    return triton.compile(src, target=gpu_target, options=options)
+
+
+def _compile_here(req: AotRequest) -> AotReport:
+    """Compile in this process (which must not be running Triton's interpreter)."""
+    target = Target.parse(req.target)
     start = time.perf_counter()
     try:
-        fn, values, constexprs, options = _planned(req)
-        sig, ints = _signature(fn, values, constexprs)
-        gpu_target = target.to_triton()
-        attrs = _attrs(make_backend(gpu_target), target, sig, ints)
-        try:
-            src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-        except TypeError:  # a Triton whose ASTSource takes no attrs keyword
-            src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-        compiled = triton.compile(src, target=gpu_target, options=options)
+        compiled = compile_request(req)
         if target.backend == "hip":
             asm = compiled.asm["amdgcn"]
             stats = _amd_stats(asm)

@@ -248,21 +248,15 @@ def test_check_target_options_have_help_and_the_cache_location_is_printed(tmp_ca
 
 
 _FENCE_PTX = """
-import triton
 from awq_compile.kernels import aot
 from awq_compile.kernels.aot import AotRequest
-from awq_compile.target import Target
 
 cfg = dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, SPLIT_K=8, FMA_DECODE=1, num_warps=2, num_stages=1)
 for spec in ("cuda:sm90", "cuda:sm80"):
     req = AotRequest.make("triton_gemv", cfg, spec)
     fn, values, constexprs, options = aot._planned(req)
     assert constexprs["FENCE"] is True
-    sig, ints = aot._signature(fn, values, constexprs)
-    target = Target.parse(spec).to_triton()
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs,
-                                    attrs=aot._attrs(triton.compiler.make_backend(target), Target.parse(spec), sig, ints))
-    ptx = triton.compile(src, target=target, options=options).asm["ptx"]
+    ptx = aot.compile_request(req).asm["ptx"]
     # the per-thread release is one fence; the only release-ordered atomic left is the acq_rel ticket
     assert "fence.acq_rel.gpu" in ptx, spec
     assert not [l for l in ptx.splitlines() if ".release" in l], spec      # (was red.global.gpu.release.add)
