@@ -1,4 +1,4 @@
-"""Device sweep of ``triton_gemm_wide`` next to the shipped plan and fp16 cuBLAS, in one process.
+"""Device sweep of ``triton_gemm_wide`` / ``triton_gemm_rs`` next to the shipped plan and fp16 cuBLAS, in one process.
 
 ``python -m benchmarks.wide_sweep [--shapes ...] [--ms 64,256,1024,4096] [--dtypes float16] [--configs SET]
 [--layout standard|kplanes|both] [--jobs 12] [--stress 10] [--json out.json]``
@@ -13,7 +13,8 @@ standard layout), ``cublas`` (fp16 ``x @ W``) and each config -- relative error 
 NaN-poisoned output before it is timed; every row says its layout.  The best config per (row, layout) is
 relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
 ``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
-x = XPERM for the plane GEMM).
+x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2]`` is the register-operand
+Gluon GEMM ``triton_gemm_rs`` (its K tile is 128; stages = its ring depth; dN = MMA_DEPTH N; kplanes only).
 """
 
 from __future__ import annotations
@@ -52,15 +53,23 @@ SETS = {
     "large": ("256x128x64:8:3:t", "256x128x64:8:4:t", "256x128x64:8:3:t:p1", "256x128x32:8:4:t",
               "256x128x32:8:4:t:p1", "256x64x64:4:3:t", "128x128x64:4:3:t", "256x128x64:8:3:t:g4",
               "256x64x64:4:3:t:sk2", "128x64x64:4:3:t:sk2", "256x128x64:8:3:t:sk2"),
+    # the register-operand GEMM (2026-12-02): token tiles 64..256, split-K for the few-column shapes
+    "rs": ("256x128:8:3", "128x128:8:4", "128x128:8:4:sk2", "256x128:8:3:sk2", "128x64:4:4", "128x64:4:4:sk2",
+           "64x64:4:4", "64x64:4:4:sk2", "64x64:4:4:sk4", "64x64:4:5:d2", "64x128:4:4:sk2", "32x64:4:6:sk2",
+           "16x64:4:8:sk4"),
 }
 
 
 def parse(spec: str) -> dict:
     parts = spec.split(":")
-    bm, bn, bk = (int(v) for v in parts[0].split("x"))
-    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=int(parts[1]), num_stages=int(parts[2]))
+    tile = [int(v) for v in parts[0].split("x")]
+    cfg = dict(BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=int(parts[1]), num_stages=int(parts[2]))
+    if len(tile) == 3:
+        cfg["BLOCK_K"] = tile[2]
     for flag in parts[3:]:
-        if flag == "t":
+        if flag.startswith("d") and len(tile) == 2:
+            cfg["MMA_DEPTH"] = int(flag[1:])
+        elif flag == "t":
             cfg["TRANS"] = 1
         elif flag.startswith("p"):
             cfg["PERSIST"] = int(flag[1:])
@@ -87,8 +96,9 @@ def resolve(spec: str):
     """(kernel id, typed config, launch options) of a spelling."""
     from awq_compile.kernels.specs import get_spec
 
-    cfg, launch = get_spec("triton_gemm_wide").parse(parse(spec), spec, backend="cuda", table=False)
-    return "triton_gemm_wide", cfg, launch
+    kernel = "triton_gemm_rs" if spec.split(":")[0].count("x") == 1 else "triton_gemm_wide"
+    cfg, launch = get_spec(kernel).parse(parse(spec), spec, backend="cuda", table=False)
+    return kernel, cfg, launch
 
 
 def _run_cfg(spec: str, x, w, out, target):

@@ -240,6 +240,9 @@ class LaunchPlan:
     workspace: tuple | None = None                # split-K / stripe: (fp32 elements, tile tickets)
     workspace_kind: str = "atomic"                # "atomic": zero-kept (split-K atomics); "slots": the stripe
                                                   # kernel's per-contributor slots (written before read)
+    x_aligned: bool = False                       # fn copies x rows 16 bytes at a time (cp.async): the launcher
+                                                  # gives it a copy of an x whose base is not 16-byte aligned
+                                                  # or whose row stride is not a multiple of 16 elements
     dense_weight: bool = False                    # fn writes Operands.dense [K, N]; then torch matmul
     kwargs: dict = dataclasses.field(default_factory=dict, compare=False)
     # what the launcher (triton/launch.py) keeps between launches of this plan -- its compiled kernel; not
@@ -266,6 +269,8 @@ class KernelSpec:
     extra_check: Callable | None = None       # (problem, target) -> reason | None
     matrix_units: bool = False                # check-target fails a compile without matrix instructions
     layouts: tuple[str, ...] = ("standard",)  # the weight layouts its code reads (Problem.layout)
+    interpretable: bool = True                # False: Triton's interpreter cannot run it (a Gluon kernel);
+                                              # its numerics are tested on the GPU only
 
     @property
     def uses_triton(self) -> bool:

@@ -70,7 +70,8 @@ def test_every_bucket_of_a_kplanes_plan_runs_a_triton_kernel_that_reads_kplanes(
             for e in plan.entries:
                 assert "kplanes" in KERNELS[e.kernel].layouts and KERNELS[e.kernel].uses_triton, (K, N, e)
             if K >= 4096 and N >= 4096:
-                assert {plan.entry_for(m).kernel for m in (16, 32, 64)} == {"triton_stripe"}
+                assert {plan.entry_for(m).kernel for m in (16, 32)} == {"triton_stripe"}
+                assert plan.entry_for(64).kernel in ("triton_stripe", "triton_gemm_rs")
 
 
 def test_selection_skips_a_kernel_that_cannot_read_the_layout():
@@ -97,9 +98,8 @@ def test_plan_text_carries_the_layout():
         "M 2..4: triton_stripe 16x256x128 stages3 per_sm2 dot trans slots w4 st1; "
         "M 5..16: triton_stripe 16x128x128 stages3 per_sm2 dot trans slots w4 st1; "
         "M 17..32: triton_stripe 32x128x128 stages3 per_sm2 dot trans slots w4 st1; "
-        "M 33..64: triton_stripe 64x128x128 stages4 per_sm2 dot trans slots w4 st1; "
-        "M 65..128: triton_gemm_wide 128x64x128 trans w4 st3; M 129..256: triton_gemm_wide 256x128x64 trans w8 st3; "
-        "M 257..inf: triton_dequant_mm 64x32 w4 st1")
+        "M 33..64: triton_gemm_rs 64x64x128 w4 st4; M 65..128: triton_gemm_rs 128x128x128 w8 st4; "
+        "M 129..256: triton_gemm_rs 256x128x128 w8 st3; M 257..inf: triton_dequant_mm 64x32 w4 st1")
     # a standard plan's text is what it was before the layout existed
     assert "@layout" not in select(Problem(4096, 4096, 64, True, "float16"), SM90).encode()
     with pytest.raises(TableError, match="cpu_int4pack reads the standard layout, not kplanes"):
@@ -221,7 +221,9 @@ def test_reserve_for_plan_covers_every_m_of_the_stripe_buckets():
     plan = select(p, SM90, triton_version="3.6")
     reserve_for_plan(plan, p, "cpu")
     ws, tickets = _workspace()._bufs[("cpu", None, "slots")]
-    for m in range(5, 65):
+    stripe_ms = [m for m in range(5, 65) if plan.entry_for(m).kernel == "triton_stripe"]
+    assert stripe_ms == list(range(5, 33))           # M 33..64 is the register-operand GEMM's on this shape
+    for m in stripe_ms:
         e = plan.entry_for(m)
         n, t = stripe_workspace(e.config, p.with_m(m).with_layout("kplanes"), SM90)
         assert ws.numel() >= n and tickets.numel() >= t, m

@@ -1,0 +1,157 @@
+"""``triton_gemm_rs`` (kernels/triton/gemm_rs.py): the Gluon register-operand GEMM for Hopper.
+
+Gluon has no interpreter, so on a CPU machine the kernel is compiled for sm90 (the Triton installed: 3.9 in
+CI, 3.6 on the device) and its TTGIR read: every wgmma takes the decoded weight from registers, the layout
+change into the operand layout is trivial (the kernel asserts it at compile time), nothing decoded is stored to
+shared memory, no spills.  On an sm90 GPU it runs against float64 on fresh random data: ragged M and N tiles,
+split-K, fp16 and bf16, with and without zero points, with bias, and an x whose rows are not 16-byte aligned
+(the launcher hands the kernel an aligned copy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from awq_compile.kernels import aot
+from awq_compile.kernels.problem import Problem
+from awq_compile.kernels.spec import LaunchOptions, plan_launch
+from awq_compile.kernels.specs import get_spec
+from awq_compile.target import Target
+
+from _util import rel_err
+
+SM90 = Target.parse("cuda:sm90")
+
+_IR = """
+import json, re, sys
+from awq_compile.kernels import aot
+from awq_compile.kernels.aot import AotRequest
+
+out = []
+for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
+    req = AotRequest.make("triton_gemm_rs", cfg, "cuda:sm90", act_dtype=dtype, has_zeros=zeros, has_bias=bias,
+                          K=4096, N=14336, layout="kplanes")
+    c = aot.compile_request(req)
+    ttgir, ptx = c.asm["ttgir"], c.asm["ptx"]
+    dots = [l for l in ttgir.splitlines() if "ttng.warp_group_dot " in l]
+    allocs = [l for l in ttgir.splitlines() if "ttg.local_alloc" in l]
+    stats = aot._cuda_stats(c)
+    out.append(dict(dots=len(dots), reg_a=sum(1 for l in dots if re.search(r"warp_group_dot %[^,]+, %[^,]+, .*: tensor<", l)),
+                    allocs=[re.search(r"memdesc<([^,]+),", l).group(1) for l in allocs],
+                    stores=ttgir.count("ttg.local_store"), spills=stats.get("spills", 0),
+                    wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu")))
+print(json.dumps(out))
+"""
+
+_CASES = [
+    (dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=3), "float16", True, False),
+    (dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4), "bfloat16", True, True),
+    (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5), "float16", False, False),
+]
+
+
+def test_every_wgmma_takes_the_decoded_weight_from_registers():
+    out = subprocess.run([sys.executable, "-c", _IR, json.dumps(_CASES)], capture_output=True, text=True,
+                         env=aot._child_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    for (cfg, dtype, zeros, bias), r in zip(_CASES, json.loads(out.stdout.strip().splitlines()[-1])):
+        assert r["dots"] == 8 and r["reg_a"] == 8, (cfg, r)       # one register-A wgmma per nibble plane
+        # the only shared memory: the x ring and the packed words (and the epilogue's layout change, fp32)
+        assert all(a.endswith(("xf16", "xbf16", "xi32")) for a in r["allocs"]), (cfg, r["allocs"])
+        assert r["stores"] == 0, (cfg, r)                           # nothing decoded goes to shared memory
+        assert r["spills"] == 0 and r["wgmma"] >= 8, (cfg, r)
+        assert r["fence"] == (1 if cfg.get("SPLIT_K", 1) > 1 else 0), (cfg, r)
+
+
+def test_the_spec_refuses_what_the_kernel_cannot_do():
+    spec = get_spec("triton_gemm_rs")
+    kp = Problem(4096, 14336, 128, True, "float16", m=256, layout="kplanes")
+    cfg, opts = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=3), "t", backend="cuda")
+    assert spec.reason(kp, SM90) is None and cfg.check(opts, kp, 232448) is None
+    assert "sm90 only" in spec.reason(kp, Target.parse("cuda:sm80"))
+    assert "cuda" in spec.reason(kp, Target.parse("hip:gfx942"))
+    assert "kplanes" in spec.reason(kp.with_layout("standard"), SM90)
+    for keys, why in ((dict(BLOCK_M=12), "multiple of 8"), (dict(BLOCK_N=96), "power-of-two multiple"),
+                      (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2")):
+        c, o = spec.parse(dict(dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), **keys), "t", backend="cuda")
+        assert why in c.check(o, kp, 232448), keys
+    c, o = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=4), "t", backend="cuda")
+    assert "shared memory" in c.check(o, kp, 232448)                # a 4-deep ring of 256-token x tiles
+    c, o = spec.parse(dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2), "t", backend="cuda")
+    assert ">= 3" in c.check(o, kp, 232448)
+    with pytest.raises(ValueError, match="interpreter"):
+        plan_launch(spec, cfg, opts, kp, SM90, interpret=True)
+    lp = plan_launch(spec, cfg, opts, kp, SM90)
+    assert lp.constexprs["STAGES"] == 3 and "num_stages" not in lp.options and lp.x_aligned
+    assert lp.grid == (14336 // 128, 1, 1) and lp.workspace is None
+
+
+def _sm90_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _sm90_gpu(), reason="needs an sm90 GPU (Gluon has no interpreter)")
+@pytest.mark.parametrize("keys", [dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=3),
+                                  dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4),
+                                  dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5),
+                                  dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8)],
+                         ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
+def test_matches_float64_on_the_gpu(keys):
+    from awq_compile.formats import quantize
+    from awq_compile.formats.kplanes import to_kplanes
+    from awq_compile.formats.standard import from_unpacked
+    from awq_compile.kernels.triton.launch import run
+
+    spec = get_spec("triton_gemm_rs")
+    config, opts = spec.parse(keys, "t", backend="cuda")
+    bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
+    K, N, G = 128 * 7, 2 * bn + 8, 128                  # 7 K tiles (an uneven split), a ragged column tile
+    gen = torch.Generator().manual_seed(hash(tuple(keys.items())) % 2**31)
+    for dtype, symmetric, M, misaligned in ((torch.float16, False, bm + 3, False), (torch.bfloat16, True, 2 * bm, False),
+                                            (torch.bfloat16, False, 5, True), (torch.float16, True, bm - 1, True)):
+        u = quantize(torch.randn(K, N, generator=gen), G, symmetric=symmetric)
+        u.scales = u.scales.to(dtype)
+        std = from_unpacked(u)
+        xs = torch.randn(M, K + 8, generator=gen).to(dtype).cuda()
+        x = xs[:, 3:K + 3] if misaligned else xs[:, :K].contiguous()   # a view 6 bytes off its rows' start
+        bias = torch.randn(N, generator=gen).to(dtype)
+        for b in (bias.cuda(), None):
+            out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+            run("triton_gemm_rs", config, opts, x, to_kplanes(std.qweight).cuda(),
+                None if std.qzeros is None else std.qzeros.cuda(), std.scales.cuda(), b, out, G, SM90,
+                interpret=False, layout="kplanes")
+            ref = x.cpu().double() @ u.dequantize(torch.float64) + (0 if b is None else bias.double())
+            err = rel_err(out.cpu(), ref)
+            assert err < (1e-2 if dtype == torch.bfloat16 else 1e-3), (keys, dtype, symmetric, M, misaligned, err)
+
+
+def test_the_launcher_hands_an_aligned_copy_of_a_misaligned_x():
+    """cp.async copies x rows 16 bytes at a time: a plan with ``x_aligned`` gets a copy of an x whose base is not
+    16-byte aligned or whose row stride is not a multiple of 16 elements (what Triton specialises on), and the
+    tensor itself otherwise."""
+    from awq_compile.kernels.spec import LaunchPlan, fused_arguments
+    from awq_compile.kernels.triton.launch import launch
+
+    seen = []
+
+    class Fake:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(args[0])
+
+    plan = LaunchPlan("triton_gemm_rs", None, (1, 1, 1), {}, {}, fused_arguments, x_aligned=True)
+    K, N = 256, 64
+    qw, sc = torch.zeros(K // 8, N, dtype=torch.int32), torch.ones(K // 128, N, dtype=torch.float16)
+    out = torch.empty(4, N, dtype=torch.float16)
+    base = torch.randn(4, K + 24).half()
+    for x, copied in ((base[:, :K].contiguous(), False), (base[:, 3:K + 3], True), (base[:, 8:K + 8], True),
+                      (torch.randn(4, K + 16).half()[:, :K], False)):
+        launch(plan, x, qw, None, sc, None, out, wrap=lambda p: (Fake(), {}))
+        got = seen.pop()
+        assert torch.equal(got, x) and (got.data_ptr() != x.data_ptr()) == copied, (x.stride(), x.data_ptr() % 16)
+        assert got.data_ptr() % 16 == 0 and got.stride(0) % 16 == 0
