@@ -12,17 +12,20 @@ BLOCK_M tokens (its N side).  Per K tile of 128 rows (one kplanes block, ``forma
 * plane i is decoded with the 16-bit magic (``q | 0x6400`` is fp16 1024 + q; bf16 ``0x4300``), ``(q - z) * s``
   in the activation dtype (exact subtraction, one rounding, as the user's dequant), and fed to an
   asynchronous wgmma whose x operand is the K slice [16 i, 16 i + 16) of the tile's x slot;
-* the wgmma of step i is waited for MMA_DEPTH steps later, so the decode of the next planes overlaps it;
-  the next tile's scales and zeros are loaded from global memory as a tile starts; half-way through it (MMAs
-  in flight) the program waits for tile t + 1, requests tile t + STAGES - 1 into the slot of tile t - 1 and
-  reads tile t + 1's words; the last step of a tile
-  waits for every MMA, so none is in flight across the loop edge (ptxas would otherwise serialise them).
+* the wgmma of step i is waited for MMA_DEPTH steps later -- across the loop edge too -- so the decode of the
+  next planes overlaps it (waiting for every MMA at the end of each tile cost ~9% of the stall samples at
+  M = 256, ncu); the next tile's scales and zeros are loaded from global memory as a tile starts; half-way
+  through it (MMAs in flight) the program waits for tile t + 1, requests tile t + STAGES - 1 into the slot of
+  tile t - 1 (whose last wgmma was waited for at tile t's first step) and reads tile t + 1's words.
+
+Triton >= 3.7 lowers each wgmma wait of an 8-warp program with a CTA barrier (both warp groups); 3.6, which
+the tables were measured on, does not.
 
 SPLIT_K programs share a tile along K and reduce through the fp32 workspace like the other fused kernels
 (relaxed adds, one ticket per tile, the last program writes the output and re-zeroes the workspace).
 
 Gluon kernels have no interpreter: the CPU tests compile this for sm90 (Triton 3.6 and 3.9 alike) and read
-the TTGIR; the numerics are tested on the GPU.  Where a Triton has no Gluon, the spec reports it.
+the TTGIR; the numerics are tested on the GPU.
 """
 
 from __future__ import annotations
@@ -164,9 +167,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         for i in gl.static_range(8):
             p = gl.convert_layout(_plane(words, i, zm, s, MAGIC, ACT), a_l, assert_trivial=True)
             acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
-            if i == 7:
-                acc, p, q1 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, p, q1])
-            elif MMA_DEPTH == 1:
+            if MMA_DEPTH == 1:
                 acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
                 q1 = p
             else:
@@ -185,6 +186,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         words = words_n
         zm = zm_n
         s = s_n
+    acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
 
     st: gl.constexpr = gl.BlockedLayout([8, 1], [4, 8], [1, num_warps], [0, 1])
