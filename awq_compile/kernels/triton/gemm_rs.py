@@ -16,7 +16,7 @@ BLOCK_M tokens (its N side).  Per K tile of 128 rows (one kplanes block, ``forma
   next planes overlaps it (waiting for every MMA at the end of each tile cost ~9% of the stall samples at
   M = 256, ncu); the next tile's scales and zeros are loaded from global memory as a tile starts; half-way
   through it (MMAs in flight) the program waits for tile t + 1, requests tile t + STAGES - 1 into the slot of
-  tile t - 1 (whose last wgmma was waited for at tile t's first step) and reads tile t + 1's words.
+  tile t - 1 (whose last wgmma was retired by tile t's first MMA_DEPTH steps) and reads tile t + 1's words.
 
 Triton >= 3.7 lowers each wgmma wait of an 8-warp program with a CTA barrier (both warp groups); 3.6, which
 the tables were measured on, does not.
