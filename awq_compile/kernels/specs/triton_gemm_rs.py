@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ..spec import KernelConfig, KernelSpec, LaunchPlan, fused_arguments
+from ..spec import KernelConfig, KernelSpec, LaunchPlan, fused_arguments, k_tile_reason
 
 BLOCK_K = 128          # one kplanes block per K tile: nibble plane i is its rows 16 i .. 16 i + 15
 DEFAULT_STAGES = 3     # the ring depth where the launch options leave num_stages unset
@@ -32,8 +32,9 @@ class GemmRsConfig(KernelConfig):
     BLOCK_K: ClassVar[int] = BLOCK_K     # fixed, not a table key
 
     def check(self, launch, problem, shared_limit):
-        if problem.K % BLOCK_K or problem.group_size % BLOCK_K:
-            return f"K={problem.K} and the group size {problem.group_size} must be multiples of {BLOCK_K}"
+        why = k_tile_reason(BLOCK_K, problem)
+        if why:
+            return why
         if not (8 <= self.BLOCK_M <= 256 and self.BLOCK_M % 8 == 0):
             return f"BLOCK_M={self.BLOCK_M}: the wgmma N side is 8..256, a multiple of 8"
         warps = launch.num_warps or 4
@@ -43,8 +44,6 @@ class GemmRsConfig(KernelConfig):
         if rem or reps < 1 or reps & (reps - 1) or self.BLOCK_N > 256:
             return (f"BLOCK_N={self.BLOCK_N} must be a power-of-two multiple of 16 x num_warps = {16 * warps}, "
                     f"<= 256")
-        if problem.N % 4:
-            return f"N={problem.N}: the weight words are copied 16 bytes at a time (N % 4 == 0)"
         if ring_depth(launch) < 3:
             return "num_stages (the ring depth) must be >= 3"
         if self.MMA_DEPTH not in (1, 2):

@@ -111,7 +111,7 @@ def launch(plan: LaunchPlan, x2d, qweight, qzeros, scales, bias, out, *, workspa
     if plan.x_kplanes:
         x2d = kplanes_regroup(x2d, plan.x_kplanes)
     if plan.x_aligned and (x2d.data_ptr() % 16 or x2d.stride(0) % 16):   # what Triton specialises on
-        x2d = torch.empty(x2d.shape, dtype=x2d.dtype, device=x2d.device).copy_(x2d)
+        x2d = x2d.clone(memory_format=torch.contiguous_format)
     ops = Operands(x2d, qweight, qzeros, scales, bias, out)
     if plan.workspace is not None:
         if workspace is not None:
