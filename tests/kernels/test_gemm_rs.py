@@ -23,7 +23,7 @@ from awq_compile.kernels.spec import LaunchOptions, plan_launch
 from awq_compile.kernels.specs import get_spec
 from awq_compile.target import Target
 
-from _util import rel_err
+from _util import kernel_case, rel_err
 
 SM90 = Target.parse("cuda:sm90")
 
@@ -103,32 +103,26 @@ def _sm90_gpu() -> bool:
                                   dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_matches_float64_on_the_gpu(keys):
-    from awq_compile.formats import quantize
     from awq_compile.formats.kplanes import to_kplanes
-    from awq_compile.formats.standard import from_unpacked
     from awq_compile.kernels.triton.launch import run
 
     spec = get_spec("triton_gemm_rs")
     config, opts = spec.parse(keys, "t", backend="cuda")
     bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
     K, N, G = 128 * 7, 2 * bn + 8, 128                  # 7 K tiles (an uneven split), a ragged column tile
-    gen = torch.Generator().manual_seed(hash(tuple(keys.items())) % 2**31)
-    for dtype, symmetric, M, misaligned in ((torch.float16, False, bm + 3, False), (torch.bfloat16, True, 2 * bm, False),
-                                            (torch.bfloat16, False, 5, True), (torch.float16, True, bm - 1, True)):
-        u = quantize(torch.randn(K, N, generator=gen), G, symmetric=symmetric)
-        u.scales = u.scales.to(dtype)
-        std = from_unpacked(u)
-        xs = torch.randn(M, K + 8, generator=gen).to(dtype).cuda()
-        x = xs[:, 3:K + 3] if misaligned else xs[:, :K].contiguous()   # a view 6 bytes off its rows' start
-        bias = torch.randn(N, generator=gen).to(dtype)
-        for b in (bias.cuda(), None):
+    seed = hash(tuple(keys.items())) % 2**31
+    for dtype, zeros, M, misaligned in ((torch.float16, True, bm + 3, False), (torch.bfloat16, False, 2 * bm, False),
+                                        (torch.bfloat16, True, 5, True), (torch.float16, False, bm - 1, True)):
+        for bias in (True, False):
+            x, qw, qz, sc, b, ref = kernel_case(M, K, N, G, dtype, zeros, bias, seed, "cpu")
+            x = x.cuda()
+            if misaligned:                                  # a view 6 bytes off its rows' start
+                x = torch.empty(M, K + 8, dtype=dtype, device="cuda")[:, 3:K + 3].copy_(x)
             out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
-            run("triton_gemm_rs", config, opts, x, to_kplanes(std.qweight).cuda(),
-                None if std.qzeros is None else std.qzeros.cuda(), std.scales.cuda(), b, out, G, SM90,
-                interpret=False, layout="kplanes")
-            ref = x.cpu().double() @ u.dequantize(torch.float64) + (0 if b is None else bias.double())
+            run("triton_gemm_rs", config, opts, x, to_kplanes(qw).cuda(), None if qz is None else qz.cuda(),
+                sc.cuda(), None if b is None else b.cuda(), out, G, SM90, interpret=False, layout="kplanes")
             err = rel_err(out.cpu(), ref)
-            assert err < (1e-2 if dtype == torch.bfloat16 else 1e-3), (keys, dtype, symmetric, M, misaligned, err)
+            assert err < (1e-2 if dtype == torch.bfloat16 else 1e-3), (keys, dtype, zeros, bias, M, misaligned, err)
 
 
 def test_the_launcher_hands_an_aligned_copy_of_a_misaligned_x():
