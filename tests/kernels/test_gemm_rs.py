@@ -44,7 +44,9 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
     out.append(dict(dots=len(dots), reg_a=sum(1 for l in dots if re.search(r"warp_group_dot %[^,]+, %[^,]+, .*: tensor<", l)),
                     allocs=[re.search(r"memdesc<([^,]+),", l).group(1) for l in allocs],
                     stores=ttgir.count("ttg.local_store"), spills=stats.get("spills", 0),
-                    wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu")))
+                    wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu"),
+                    ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
+                    l2_reads=len(re.findall(r"ld\.global\.cg", ptx))))
 print(json.dumps(out))
 """
 
@@ -52,6 +54,7 @@ _CASES = [
     (dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=3), "float16", True, False),
     (dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4), "bfloat16", True, True),
     (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5), "float16", False, False),
+    (dict(BLOCK_M=16, BLOCK_N=256, PER_SM=1, num_warps=8, num_stages=4), "float16", True, True),
 ]
 
 
@@ -65,7 +68,11 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
         assert all(a.endswith(("xf16", "xbf16", "xi32")) for a in r["allocs"]), (cfg, r["allocs"])
         assert r["stores"] == 0, (cfg, r)                           # nothing decoded goes to shared memory
         assert r["spills"] == 0 and r["wgmma"] >= 8, (cfg, r)
-        assert r["fence"] == (1 if cfg.get("SPLIT_K", 1) > 1 else 0), (cfg, r)
+        shared = cfg.get("SPLIT_K", 1) > 1 or cfg.get("PER_SM", 0) > 0       # tiles reduced through the workspace
+        # a shared tile: relaxed adds, a CTA barrier, one thread's acq_rel ticket (no fence per thread), the sums
+        # read from L2 by the last contributor
+        assert r["fence"] == 0 and r["ticket"] == (1 if shared else 0), (cfg, r)
+        assert (r["l2_reads"] > 0) == shared, (cfg, r)
 
 
 def test_the_spec_refuses_what_the_kernel_cannot_do():
@@ -77,7 +84,8 @@ def test_the_spec_refuses_what_the_kernel_cannot_do():
     assert "cuda" in spec.reason(kp, Target.parse("hip:gfx942"))
     assert "kplanes" in spec.reason(kp.with_layout("standard"), SM90)
     for keys, why in ((dict(BLOCK_M=12), "multiple of 8"), (dict(BLOCK_N=96), "power-of-two multiple"),
-                      (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2")):
+                      (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2"),
+                      (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1")):
         c, o = spec.parse(dict(dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), **keys), "t", backend="cuda")
         assert why in c.check(o, kp, 232448), keys
     c, o = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=4), "t", backend="cuda")
@@ -89,6 +97,15 @@ def test_the_spec_refuses_what_the_kernel_cannot_do():
     lp = plan_launch(spec, cfg, opts, kp, SM90)
     assert lp.constexprs["STAGES"] == 3 and "num_stages" not in lp.options and lp.x_aligned
     assert lp.grid == (14336 // 128, 1, 1) and lp.workspace is None
+    # the persistent grid: PER_SM programs on each of the target's 132 SMs, at most one per (tile, K tile) unit
+    c, o = spec.parse(dict(BLOCK_M=16, BLOCK_N=256, PER_SM=2, num_warps=8, num_stages=4), "t", backend="cuda")
+    small = Problem(4096, 14336, 128, True, "float16", m=16, layout="kplanes")
+    lp = plan_launch(spec, c, o, small, SM90)
+    assert lp.grid == (264,) and lp.constexprs["STRIPES"] and "PER_SM" not in lp.constexprs
+    assert lp.workspace == (16 * 14336, 14336 // 256)
+    tiny = Problem(256, 512, 128, True, "float16", m=16, layout="kplanes")            # 2 tiles x 2 K tiles
+    assert plan_launch(spec, c, o, tiny, SM90).grid == (4,)
+    assert c.shared_bytes(o) == 4 * (16 * 128 * 2 + 16 * 256 * 4) + 16 * 256 * 4     # + the epilogue's own scratch
 
 
 def _sm90_gpu() -> bool:
@@ -103,14 +120,32 @@ def _sm90_gpu() -> bool:
                                   dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_matches_float64_on_the_gpu(keys):
+    bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
+    _check_on_the_gpu(keys, 128 * 7, 2 * bn + 8)         # 7 K tiles (an uneven split), a ragged column tile
+
+
+@pytest.mark.skipif(not _sm90_gpu(), reason="needs an sm90 GPU (Gluon has no interpreter)")
+@pytest.mark.parametrize("keys", [dict(BLOCK_M=16, BLOCK_N=128, PER_SM=1, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=16, BLOCK_N=256, PER_SM=2, num_warps=8, num_stages=4),
+                                  dict(BLOCK_M=64, BLOCK_N=64, PER_SM=2, MMA_DEPTH=2, num_warps=4, num_stages=4)],
+                         ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
+def test_the_persistent_grid_matches_float64_on_the_gpu(keys):
+    """Runs of (tile, K tile) units that start and end inside tiles, several token tiles, tiles with 2..n
+    contributors (24 K tiles of 9 ragged column tiles on 132 or 264 programs), and a problem smaller than the
+    grid (one unit per program, every tile reduced by all its K tiles' programs)."""
+    _check_on_the_gpu(keys, 128 * 24, 8 * keys["BLOCK_N"] + 8)
+    _check_on_the_gpu(keys, 128 * 3, keys["BLOCK_N"] + 8)
+
+
+def _check_on_the_gpu(keys, K, N):
     from awq_compile.formats.kplanes import to_kplanes
     from awq_compile.kernels.triton.launch import run
 
     spec = get_spec("triton_gemm_rs")
     config, opts = spec.parse(keys, "t", backend="cuda")
-    bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
-    K, N, G = 128 * 7, 2 * bn + 8, 128                  # 7 K tiles (an uneven split), a ragged column tile
-    seed = hash(tuple(keys.items())) % 2**31
+    bm = keys["BLOCK_M"]
+    G = 128
+    seed = hash((K, N) + tuple(keys.items())) % 2**31
     for dtype, zeros, M, misaligned in ((torch.float16, True, bm + 3, False), (torch.bfloat16, False, 2 * bm, False),
                                         (torch.bfloat16, True, 5, True), (torch.float16, False, bm - 1, True)):
         for bias in (True, False):

@@ -23,12 +23,16 @@ def ring_depth(launch) -> int:
 class GemmRsConfig(KernelConfig):
     """BLOCK_M tokens (the wgmma N: 8..256, a multiple of 8) x BLOCK_N weight columns (16-row slices per warp,
     a power-of-two count per warp, <= 256) per program; SPLIT_K programs along K reduce through the split-K
-    workspace; MMA_DEPTH wgmmas in flight while the next planes decode (1 or 2)."""
+    workspace; MMA_DEPTH wgmmas in flight while the next planes decode (1 or 2).  PER_SM > 0: a persistent grid
+    of PER_SM programs per SM instead of one program per (tile, split), each walking a contiguous run of
+    (tile, K tile) units -- every program streams the same number of weight tiles, and a tile whose K is shared
+    by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1)."""
 
     BLOCK_M: int
     BLOCK_N: int
     SPLIT_K: int = 1
     MMA_DEPTH: int = 1
+    PER_SM: int = 0
     BLOCK_K: ClassVar[int] = BLOCK_K     # fixed, not a table key
 
     def check(self, launch, problem, shared_limit):
@@ -48,6 +52,8 @@ class GemmRsConfig(KernelConfig):
             return "num_stages (the ring depth) must be >= 3"
         if self.MMA_DEPTH not in (1, 2):
             return f"MMA_DEPTH={self.MMA_DEPTH}: 1 or 2"
+        if self.PER_SM and self.SPLIT_K != 1:
+            return f"PER_SM={self.PER_SM}: a persistent grid reduces the tiles it shares itself; it needs SPLIT_K = 1"
         tiles = problem.K // BLOCK_K
         if self.SPLIT_K < 1 or (self.SPLIT_K - 1) * -(-tiles // self.SPLIT_K) >= tiles:
             return f"SPLIT_K={self.SPLIT_K}: every split needs at least one of the {tiles} K tiles"
@@ -55,12 +61,15 @@ class GemmRsConfig(KernelConfig):
 
     def shared_bytes(self, launch, act_bytes=2):
         ring = ring_depth(launch) * (self.BLOCK_M * BLOCK_K * act_bytes + 16 * self.BLOCK_N * 4)
+        if self.PER_SM:      # a tile ends while the ring is still loading: the epilogue's layout change has its own
+            return ring + self.BLOCK_M * self.BLOCK_N * 4
         return max(ring, self.BLOCK_M * self.BLOCK_N * 4)      # the epilogue's layout change reuses it
 
     def label(self) -> str:
         c = dict(self.items())
         rest = [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
         rest += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
+        rest += [f"per_sm{c['PER_SM']}"] if c.get("PER_SM", 0) else []
         return " ".join([f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}"] + rest)
 
 
@@ -77,11 +86,20 @@ def plan(cfg: GemmRsConfig, launch, problem, target, interpret: bool) -> LaunchP
 
     M, N = problem.m, problem.N
     tiles = (-(-N // cfg.BLOCK_N), -(-M // cfg.BLOCK_M))
-    grid = (*tiles, cfg.SPLIT_K)
-    ws = (M * N, tiles[0] * tiles[1]) if cfg.SPLIT_K > 1 else None
+    if cfg.PER_SM:
+        units = tiles[0] * tiles[1] * (problem.K // BLOCK_K)
+        programs = min(cfg.PER_SM * max(target.compute_units, 1), units)
+        if (units + 1) * programs >= 2 ** 31:
+            raise ValueError(f"triton_gemm_rs: {units} units on {programs} programs overflows 32-bit unit arithmetic")
+        grid = (programs,)
+        ws = (M * N, tiles[0] * tiles[1])
+    else:
+        grid = (*tiles, cfg.SPLIT_K)
+        ws = (M * N, tiles[0] * tiles[1]) if cfg.SPLIT_K > 1 else None
     options = {k: v for k, v in launch.for_backend(target.backend).items() if k != "num_stages"}
     consts = dict(GROUP_SIZE=problem.group_size, HAS_ZEROS=problem.has_zeros, HAS_BIAS=problem.has_bias,
-                  KPLANES=True, **cfg.constexprs(), STAGES=ring_depth(launch))
+                  KPLANES=True, **{k: v for k, v in cfg.constexprs().items() if k != "PER_SM"},
+                  STAGES=ring_depth(launch), STRIPES=cfg.PER_SM > 0)
     return LaunchPlan("triton_gemm_rs", _gemm_rs_kernel, grid, consts, options, fused_arguments, workspace=ws,
                       x_aligned=True)
 

@@ -9,9 +9,12 @@ BLOCK_M tokens (its N side).  Per K tile of 128 rows (one kplanes block, ``forma
   n % 8 = lane // 4 and word rows r in {2c, 2c+1, 2c+8, 2c+9}, c = lane % 4), so nibble plane i of those
   words -- rows 16 i + r of the block -- *is* that thread's share of the A operand of K step i: the layout
   conversion is checked trivial at compile time (no shared-memory round trip of the decoded weight);
-* plane i is decoded with the 16-bit magic (``q | 0x6400`` is fp16 1024 + q; bf16 ``0x4300``), ``(q - z) * s``
-  in the activation dtype (exact subtraction, one rounding, as the user's dequant), and fed to an
-  asynchronous wgmma whose x operand is the K slice [16 i, 16 i + 16) of the tile's x slot;
+* plane i is decoded with the 16-bit magic (``q | 0x6400`` is fp16 1024 + q; bf16 ``0x4300``), two K rows per
+  32-bit operation (the operand register holds rows r, r + 1: one ``prmt`` gathers their words' byte i // 2,
+  one ``lop3`` masks and adds the magic, an odd plane shifts by 4 first -- 2 integer operations per pair
+  instead of ~4.7, the loop 633 -> 472 instructions at 16x256 w8), then ``(q - z) * s`` in the activation
+  dtype (exact subtraction, one rounding, as the user's dequant), and fed to an asynchronous wgmma whose x
+  operand is the K slice [16 i, 16 i + 16) of the tile's x slot;
 * the wgmma of step i is waited for MMA_DEPTH steps later -- across the loop edge too -- so the decode of the
   next planes overlaps it (waiting for every MMA at the end of each tile cost ~9% of the stall samples at
   M = 256, ncu); the next tile's scales and zeros are loaded from global memory as a tile starts; half-way
@@ -21,8 +24,13 @@ BLOCK_M tokens (its N side).  Per K tile of 128 rows (one kplanes block, ``forma
 Triton >= 3.7 lowers each wgmma wait of an 8-warp program with a CTA barrier (both warp groups); 3.6, which
 the tables were measured on, does not.
 
-SPLIT_K programs share a tile along K and reduce through the fp32 workspace like the other fused kernels
-(relaxed adds, one ticket per tile, the last program writes the output and re-zeroes the workspace).
+The program walks a run of units (column tile, token tile, K tile), K fastest: one tile's K range in the
+tile grid (SPLIT_K programs per tile), or with STRIPES (the spec's PER_SM) the contiguous run
+[p U / P, (p + 1) U / P) of all U units on a persistent grid of P = PER_SM x SMs programs -- every program
+streams the same number of weight tiles, the ring runs on across tile boundaries, and a tile ends inside the
+loop.  A tile shared by several programs is reduced through the fp32 workspace: relaxed adds, a CTA barrier,
+one thread's acq_rel ticket (cumulative: no fence per thread), the last contributor reads the sums from L2,
+writes the output and re-zeroes the workspace and the ticket.
 
 Gluon kernels have no interpreter: the CPU tests compile this for sm90 (Triton 3.6 and 3.9 alike) and read
 the TTGIR; the numerics are tested on the GPU.
@@ -73,26 +81,78 @@ def copy_layout(BLOCK_N, num_warps):
     return gl.BlockedLayout([1, 4], [32 // tn, tn], [int(num_warps), 1], [1, 0])
 
 
+@gluon.constexpr_function
+def _pair_asm(I, MAGIC):
+    """PTX for nibble plane I of two words (K rows r and r + 1 of a kplanes block, same column) as one fp16x2 /
+    bf16x2 register ``MAGIC + q`` per row: ``prmt`` gathers byte I // 2 of both words into bytes 0 and 2, a
+    shift by 4 brings an odd plane's nibbles down, and one AND-OR (a ``LOP3``) masks and adds the magic."""
+    b = int(I) // 2
+    sel = b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12)
+    shift = " shr.b32 t, t, 4;" if int(I) % 2 else ""
+    magic = int(MAGIC) * 0x10001
+    return ("{ .reg .b32 t; prmt.b32 t, $2, $3, " + hex(sel) + ";" + shift + " lop3.b32 t, t, 0x000F000F, " + hex(magic) +
+            ", 0xEA; mov.b32 {$0, $1}, t; }")        # 0xEA: (a & b) | c
+
+
 @gluon.jit
-def _plane(words, I: gl.constexpr, zm, s, MAGIC: gl.constexpr, ACT: gl.constexpr):
-    """Nibble I of every word as ``(q - z) * s`` in the activation dtype (``zm``: the zero as MAGIC + z)."""
-    q = ((words >> (4 * I)) & 15).to(gl.int16)
-    v = (q | MAGIC).to(ACT, bitcast=True)
+def _split_rows(words):
+    """[BLOCK_N, 16] words -> the words of the even and of the odd K rows, [BLOCK_N, 8] each (row r = 2 j + h is a
+    register index in the operand layout, so this moves nothing)."""
+    BLOCK_N: gl.constexpr = words.shape[0]
+    return gl.split(gl.reshape(words, [BLOCK_N, 8, 2]))
+
+
+@gluon.jit
+def _plane(we, wo, I: gl.constexpr, zm, s, MAGIC: gl.constexpr, ACT: gl.constexpr, WL: gl.constexpr):
+    """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm``: the
+    zero as MAGIC + z); two rows' nibbles are extracted per 32-bit operation (:func:`_pair_asm`)."""
+    BLOCK_N: gl.constexpr = we.shape[0]
+    lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC), "=h,=h,r,r", [we, wo], dtype=(gl.int16, gl.int16),
+                                       is_pure=True, pack=1)
+    v = gl.reshape(gl.join(lo, hi), [BLOCK_N, 16]).to(ACT, bitcast=True)
+    v = gl.convert_layout(v, WL, assert_trivial=True)
     return (v - zm[:, None]) * s[:, None]
 
 
 @gluon.jit
-def _tile_scales(s_ptr, qz_ptr, t, offs_n, mask_n, stride_sg, stride_zg, GROUP_SIZE: gl.constexpr,
-                 HAS_ZEROS: gl.constexpr, MAGIC: gl.constexpr, ACT: gl.constexpr):
-    """K tile t's scales and zeros (as MAGIC + z) of its group, per weight column."""
-    g = (t * 128) // GROUP_SIZE
+def _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr,
+                 MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_N: gl.constexpr, L: gl.constexpr):
+    """The scales and zeros (as MAGIC + z) of K tile ``uk`` of column tile ``un``, per weight column, in L."""
+    offs_n = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=L)
+    mask_n = offs_n < N
+    g = (uk * 128) // GROUP_SIZE
     s = gl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
     if HAS_ZEROS:
         zw = gl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
         zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(gl.int16)
     else:
-        zq = gl.full(offs_n.shape, 8, gl.int16, offs_n.type.layout)
+        zq = gl.full(offs_n.shape, 8, gl.int16, L)
     return (zq | MAGIC).to(ACT, bitcast=True), s
+
+
+@gluon.jit
+def _next_unit(un, um, uk, KT, tiles_m, STRIPES: gl.constexpr):
+    """The unit after (column tile un, token tile um, K tile uk): K fastest, then token tiles, then column tiles
+    (without STRIPES a program stays in its tile: only K moves, and the tile's masks stay loop-invariant)."""
+    uk = uk + 1
+    if STRIPES:
+        if uk == KT:
+            uk = 0
+            um = um + 1
+            if um == tiles_m:
+                um = 0
+                un = un + 1
+    return un, um, uk
+
+
+@gluon.jit
+def _load_unit(x_slot, w_slot, x_base, w_base, un, um, uk, ok, M, N, stride_xm, stride_qk, cn, xm,
+               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """cp.async of unit (un, um, uk)'s x rows [BLOCK_M, 128] and packed words [16, BLOCK_N] (``ok`` False: none)."""
+    _async_load(x_slot, x_base + (um * BLOCK_M) * stride_xm + uk * 128,
+                mask=((um * BLOCK_M + xm) < M)[:, None] & ok)
+    _async_load(w_slot, w_base + (uk * 16) * stride_qk + un * BLOCK_N,
+                mask=((un * BLOCK_N + cn) < N)[None, :] & ok)
 
 
 @gluon.jit
@@ -101,11 +161,12 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                     GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     KPLANES: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                    MMA_DEPTH: gl.constexpr):
+                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr):
     num_warps: gl.constexpr = gl.num_warps()
     gl.static_assert(KPLANES, "the register-operand GEMM reads the kplanes layout")
     gl.static_assert(STAGES >= 3, "the ring needs STAGES >= 3 (tile t + 1 is read while tile t - 1's slot refills)")
     gl.static_assert(MMA_DEPTH == 1 or MMA_DEPTH == 2, "MMA_DEPTH is 1 or 2")
+    gl.static_assert(SPLIT_K == 1 or not STRIPES, "stripes reduce the tiles they share; SPLIT_K is the grid's")
     BLOCK_K: gl.constexpr = 128
     ACT: gl.constexpr = x_ptr.dtype.element_ty
     if ACT == gl.bfloat16:
@@ -118,54 +179,69 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     WL: gl.constexpr = word_layout(BLOCK_N, num_warps, False)
     WT: gl.constexpr = word_layout(BLOCK_N, num_warps, True)
     WC: gl.constexpr = copy_layout(BLOCK_N, num_warps)
+    SL: gl.constexpr = gl.SliceLayout(1, WL)
     x_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], ACT)
     w_sl: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [1, 0])     # 16-byte chunks, rows XOR-swizzled
     x_ld: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])
 
-    pid_n = gl.program_id(0)
-    pid_m = gl.program_id(1)
-    pid_k = gl.program_id(2)
-    n0 = pid_n * BLOCK_N
-    m0 = pid_m * BLOCK_M
-    offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL))
-    mask_n = offs_n < N
-
-    n_all = K // BLOCK_K
-    per_split = gl.cdiv(n_all, SPLIT_K)
-    t_lo = pid_k * per_split
-    n_tiles = gl.minimum(n_all - t_lo, per_split)       # >= 1 (the spec's SPLIT_K rule)
+    # This program's run of units (column tile, token tile, K tile), K fastest: with STRIPES the contiguous
+    # run [p U / P, (p + 1) U / P) of all U units; else one tile's SPLIT_K share.
+    tiles_m = gl.cdiv(M, BLOCK_M)
+    KT = K // BLOCK_K
+    if STRIPES:
+        P = gl.num_programs(0)
+        U = gl.cdiv(N, BLOCK_N) * tiles_m * KT
+        u0 = (gl.program_id(0) * U) // P
+        u1 = ((gl.program_id(0) + 1) * U) // P
+        un = u0 // (tiles_m * KT)
+        um = (u0 // KT) % tiles_m
+        uk = u0 % KT
+    else:
+        P = 1
+        U = 1
+        per_split = gl.cdiv(KT, SPLIT_K)
+        un = gl.program_id(0)
+        um = gl.program_id(1)
+        uk = gl.program_id(2) * per_split
+        u0 = (un * tiles_m + um) * KT + uk
+        u1 = u0 + gl.minimum(KT - uk, per_split)              # >= 1 unit (the spec's SPLIT_K rule)
+    n_units = u1 - u0
 
     cr = gl.arange(0, 16, layout=gl.SliceLayout(1, WC))
-    cn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, WC))
-    w_ptrs = qw_ptr + (t_lo * 16 + cr)[:, None] * stride_qk + cn[None, :]
-    w_mask = (cn < N)[None, :]
-    xm = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_ld))
+    cn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, WC))
+    w_base = qw_ptr + cr[:, None] * stride_qk + cn[None, :]
+    xm = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_ld))
     xk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, x_ld))
-    x_ptrs = x_ptr + xm[:, None] * stride_xm + t_lo * BLOCK_K + xk[None, :]
-    x_mask = xm[:, None] < M
+    x_base = x_ptr + xm[:, None] * stride_xm + xk[None, :]
     x_smem = gl.allocate_shared_memory(ACT, [STAGES, BLOCK_M, BLOCK_K], x_sl)
     w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, 16, BLOCK_N], w_sl)
 
+    ln = un          # the next unit to load
+    lm = um
+    lk = uk
     for t in gl.static_range(STAGES - 1):
-        _async_load(x_smem.index(t), x_ptrs + t * BLOCK_K, mask=x_mask & (t < n_tiles))
-        _async_load(w_smem.index(t), w_ptrs + t * 16 * stride_qk, mask=w_mask & (t < n_tiles))
+        _load_unit(x_smem.index(t), w_smem.index(t), x_base, w_base, ln, lm, lk, t < n_units, M, N, stride_xm,
+                   stride_qk, cn, xm, BLOCK_M, BLOCK_N)
         async_copy.commit_group()
+        ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
     async_copy.wait_group(STAGES - 2)
     fence_async_shared()
     _barrier()
-    words = gl.permute(w_smem.index(0).load(WT), [1, 0])          # [BLOCK_N, 16] in WL
-    zm, s = _tile_scales(s_ptr, qz_ptr, t_lo, offs_n, mask_n, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ACT)
+    we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
+    zm, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ACT, BLOCK_N,
+                         SL)
+    sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (its scales, its words)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
-    for t in range(n_tiles):
+    for t in range(n_units):
         xs = x_smem.index(t % STAGES)
-        t1 = gl.minimum(t + 1, n_tiles - 1)
-        # the next tile's scales and zeros from global memory a whole tile before their first use
-        zm_n, s_n = _tile_scales(s_ptr, qz_ptr, t_lo + t1, offs_n, mask_n, stride_sg, stride_zg, GROUP_SIZE,
-                                 HAS_ZEROS, MAGIC, ACT)
+        more = t + 1 < n_units
+        # the next unit's scales and zeros from global memory a whole unit before their first use
+        zm_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC,
+                                 ACT, BLOCK_N, SL)
         for i in gl.static_range(8):
-            p = gl.convert_layout(_plane(words, i, zm, s, MAGIC, ACT), a_l, assert_trivial=True)
+            p = gl.convert_layout(_plane(we, wo, i, zm, s, MAGIC, ACT, WL), a_l, assert_trivial=True)
             acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
             if MMA_DEPTH == 1:
                 acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
@@ -177,45 +253,75 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
             if i == 3:
                 async_copy.wait_group(STAGES - 3)
                 fence_async_shared()       # the copies this thread waited for, before wgmma (async proxy) reads
-                _barrier()                 # ... and every warp's, and every warp group's MMAs on tile t - 1
+                _barrier()                 # ... and every warp's, and every warp group's MMAs on unit t - 1
                 nt = t + STAGES - 1
-                _async_load(x_smem.index(nt % STAGES), x_ptrs + nt * BLOCK_K, mask=x_mask & (nt < n_tiles))
-                _async_load(w_smem.index(nt % STAGES), w_ptrs + nt * 16 * stride_qk, mask=w_mask & (nt < n_tiles))
+                _load_unit(x_smem.index(nt % STAGES), w_smem.index(nt % STAGES), x_base, w_base, ln, lm, lk,
+                           nt < n_units, M, N, stride_xm, stride_qk, cn, xm, BLOCK_M, BLOCK_N)
                 async_copy.commit_group()
-                words_n = gl.permute(w_smem.index(t1 % STAGES).load(WT), [1, 0])
-        words = words_n
+                ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
+                t1 = gl.minimum(t + 1, n_units - 1)
+                we_n, wo_n = _split_rows(gl.permute(w_smem.index(t1 % STAGES).load(WT), [1, 0]))
+        we = we_n
+        wo = wo_n
         zm = zm_n
         s = s_n
+        if STRIPES:
+            if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
+                acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+                tile = un * tiles_m + um
+                first = _owner(tile * KT, U, P)
+                last = _owner(tile * KT + KT - 1, U, P)
+                _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, un * BLOCK_N, um * BLOCK_M, tile,
+                             last - first + 1, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
+                acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+        if STRIPES:
+            un = sn
+            um = sm
+        uk = sk
+        sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
     acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
+    if not STRIPES:
+        _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, gl.program_id(0) * BLOCK_N, gl.program_id(1) * BLOCK_M,
+                     gl.program_id(0) * tiles_m + gl.program_id(1), SPLIT_K, M, N, stride_om, HAS_BIAS, BLOCK_N,
+                     BLOCK_M, num_warps)
 
+
+@gluon.jit
+def _owner(u, U, P):
+    """The program whose stripe [p U / P, (p + 1) U / P) holds unit u."""
+    return ((u + 1) * P + U - 1) // U - 1
+
+
+@gluon.jit
+def _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, n0, m0, tile, contributors, M, N, stride_om,
+                 HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, num_warps: gl.constexpr):
+    """Write a finished out^T tile, or add it to the fp32 workspace when ``contributors`` programs share it: the
+    last to take the tile's ticket writes the sum and re-zeroes the workspace and the ticket.  The tile goes
+    through a layout change first (N-contiguous runs of 8 per thread: 16-byte stores and 4-wide atomic adds;
+    from the accumulator's own layout the adds were one element each, ~1.7x the time of the persistent grid at
+    M = 64)."""
     st: gl.constexpr = gl.BlockedLayout([8, 1], [4, 8], [1, num_warps], [0, 1])
     o = gl.convert_layout(acc, st)
     on = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, st))
     om = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, st))
     mask = (on[:, None] < N) & (om[None, :] < M)
-    if SPLIT_K > 1:
+    if contributors == 1:
+        _store_out(o, out_ptr, bias_ptr, on, om, mask, stride_om, N, HAS_BIAS)
+    else:
         ws = ws_ptr + om[None, :] * N + on[:, None]
         gl.atomic_add(ws, o, mask=mask, sem="relaxed")
-        _fence_gpu(num_warps)      # every thread's adds performed at gpu scope before the barrier and the ticket
+        # every warp's adds are performed relative to the CTA at the barrier, and the one thread that takes the
+        # ticket releases them at gpu scope (a release is cumulative; the split-K barrier of CUTLASS): no fence per
+        # thread, which waited for its own adds (ERRBAR: 4-6% of the stall samples at M = 16 and 64)
         _barrier()
-        tile_id = pid_m * gl.num_programs(0) + pid_n
-        ticket = gl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
-        if ticket == SPLIT_K - 1:
-            o = gl.atomic_add(ws, gl.zeros_like(o), mask=mask, sem="acquire")     # read at L2
+        ticket = gl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+        if ticket == contributors - 1:
+            # the ticket's acquire, then (the ticket's broadcast) a barrier: every thread reads the sums in L2
+            o = gl.load(ws, mask=mask, other=0.0, cache_modifier=".cg")
             gl.store(ws, gl.zeros_like(o), mask=mask)
-            gl.atomic_xchg(lock_ptr + tile_id, 0)
+            gl.atomic_xchg(lock_ptr + tile, 0)
             _store_out(o, out_ptr, bias_ptr, on, om, mask, stride_om, N, HAS_BIAS)
-    else:
-        _store_out(o, out_ptr, bias_ptr, on, om, mask, stride_om, N, HAS_BIAS)
-
-
-@gluon.jit
-def _fence_gpu(num_warps: gl.constexpr):
-    """``fence.acq_rel.gpu`` in every thread (as ``decode._fence_gpu``)."""
-    one: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    gl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, 0;", "=r,r", [gl.full([32 * num_warps], 0, gl.int32, one)],
-                              dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
