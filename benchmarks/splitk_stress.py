@@ -21,10 +21,10 @@ for K, N in ((4096, 14336), (14336, 4096), (8192, 8192), (4096, 1024)):
     w = dequant64(q, z, s)
     plan = select(Problem(K, N, 128, True, "float16"), target)
     qweight = to_kplanes(st.qweight) if plan.layout == "kplanes" else st.qweight
-    for M in (1, 3, 5, 16, 24, 32, 33, 64, 100, 128):
+    for M in (1, 3, 5, 16, 24, 32, 33, 64, 100, 128, 200):
         e = plan.entry_for(M)
         cfg = e.config_dict
-        if cfg.get("SPLIT_K", 1) == 1 and e.kernel != "triton_stripe":
+        if cfg.get("SPLIT_K", 1) == 1 and not cfg.get("PER_SM", 0) and e.kernel != "triton_stripe":
             continue
         x = torch.randn(M, K, dtype=torch.float16, device="cuda")
         ref = x.double() @ w

@@ -13,8 +13,9 @@ standard layout), ``cublas`` (fp16 ``x @ W``) and each config -- relative error 
 NaN-poisoned output before it is timed; every row says its layout.  The best config per (row, layout) is
 relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
 ``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
-x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2]`` is the register-operand
-Gluon GEMM ``triton_gemm_rs`` (its K tile is 128; stages = its ring depth; dN = MMA_DEPTH N; kplanes only).
+x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2][:ps2]`` is the register-operand
+Gluon GEMM ``triton_gemm_rs`` (its K tile is 128; stages = its ring depth; dN = MMA_DEPTH N; psN = PER_SM N, the
+persistent stripe grid; kplanes only).
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ SETS = {
     "rs": ("256x128:8:3", "128x128:8:4", "128x128:8:4:sk2", "256x128:8:3:sk2", "128x64:4:4", "128x64:4:4:sk2",
            "64x64:4:4", "64x64:4:4:sk2", "64x64:4:4:sk4", "64x64:4:5:d2", "64x128:4:4:sk2", "32x64:4:6:sk2",
            "16x64:4:8:sk4"),
+    # the register-operand GEMM at decode sizes (2026-12-02, issue 11): wide weight tiles (16 KB of words per K
+    # tile at BLOCK_N 256) in a deep ring, split-K chosen so that ~128 programs cover each goal shape
+    "rs_small": ("16x256:4:4:sk2", "16x256:4:6:sk2", "16x256:8:6:sk2", "16x256:4:6:sk4", "16x256:8:6:sk4",
+                 "16x256:4:6:sk8", "16x256:8:6:sk8", "16x128:4:6", "16x128:4:6:sk2", "16x128:4:8:sk4",
+                 "16x128:8:6:sk4", "8x256:4:6:sk2", "8x256:8:6:sk4", "32x256:8:5:sk2", "32x128:4:6:sk2"),
+    # its persistent grid (PER_SM programs per SM over contiguous (tile, K tile) runs), M 1..64
+    "rs_ps": ("16x256:8:4:ps1", "16x256:8:4:ps2", "16x256:4:4:ps2", "16x128:4:4:ps2", "16x128:4:4:ps4",
+              "16x128:8:4:ps2", "16x128:4:6:ps3", "8x256:8:4:ps2", "32x128:4:4:ps2", "32x256:8:4:ps2",
+              "64x64:4:4:ps2", "64x64:4:4:ps3", "64x128:4:4:ps2", "64x128:8:4:ps2", "64x256:8:3:ps1"),
 }
 
 
@@ -71,6 +81,8 @@ def parse(spec: str) -> dict:
             cfg["MMA_DEPTH"] = int(flag[1:])
         elif flag == "t":
             cfg["TRANS"] = 1
+        elif flag.startswith("ps") and len(tile) == 2:
+            cfg["PER_SM"] = int(flag[2:])
         elif flag.startswith("p"):
             cfg["PERSIST"] = int(flag[1:])
         elif flag.startswith("sk"):

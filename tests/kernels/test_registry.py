@@ -271,11 +271,11 @@ def test_unknown_slot_and_misplaced_bucket_raise(monkeypatch):
 
 
 def test_a_table_entry_names_the_variant_kernel_that_runs():
-    """sm90's M 5..16 bucket lists the stripe kernel (K, N >= 4096) then nibble-plane configs: the plan
-    (and explain) name the kernel that runs."""
+    """sm90's M 5..16 bucket lists the register-operand GEMM's persistent grid (K, N >= 4096) then the stripe
+    kernel and nibble-plane configs: the plan (and explain) name the kernel that runs."""
     t = Target.parse("cuda:sm90")
     big = select(Problem(4096, 14336, 128, True, "float16"), t)
-    assert "M 5..16: triton_stripe 16x128x128 stages3 per_sm2 dot trans slots w4 st1" in big.describe()
+    assert "M 5..16: triton_gemm_rs 16x128x128 per_sm3 w4 st3" in big.describe()
     plan = select(Problem(4096, 1024, 128, True, "float16"), t)      # N_MIN=4096 excludes the stripe entry
     e = plan.entry_for(16)
     assert e.kernel == "triton_gemm_planes" and e.config.XPERM and e.config.BLOCK_K == 128
