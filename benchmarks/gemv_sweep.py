@@ -20,7 +20,8 @@ the first times only the N fastest configs of the same (shape, M, layout) in the
 
 Config spelling ``KERNEL:BNxBK:wWARPS[:skSPLIT][:mBLOCK_M][:fma][:rMAXNREG][:stSTAGES][:psPER_SM]`` with
 KERNEL ``gemv`` (triton_gemv), ``stream`` (triton_gemv_stream) or ``stripe`` (triton_stripe: STAGES, PER_SM;
-kplanes only, BLOCK_M >= 16); BLOCK_M is 1 unless ``:mN``.  Sweep 1 (2026-12-01) also timed
+kplanes only, BLOCK_M >= 16); BLOCK_M is 1 unless ``:mN``.  ``rs:`` followed by ``benchmarks.wide_sweep``'s
+two-number spelling (``rs:8x128:4:3:ps3``) is the register-operand GEMM ``triton_gemm_rs`` (the M 2..4 entries).  Sweep 1 (2026-12-01) also timed
 ``triton_gemv_deep`` (commit d4fb5cc..61db59f, removed after it lost everywhere; see docs/performance.md and
 benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
 """
@@ -96,6 +97,10 @@ SETS = {
 def parse(spec: str) -> tuple[str, dict]:
     """(kernel id, table keys) of a config spelling."""
     parts = spec.split(":")
+    if parts[0] == "rs":
+        from .wide_sweep import parse as wide_parse
+
+        return "triton_gemm_rs", wide_parse(spec[3:])
     if parts[0] not in KERNELS:
         raise ValueError(f"{spec!r}: kernel {parts[0]!r} is not one of {', '.join(KERNELS)}")
     kernel = KERNELS[parts[0]]
@@ -135,10 +140,20 @@ def resolve(spec: str):
 def spec_of(kernel: str, config, launch) -> str | None:
     """The spelling of a plan entry's (kernel, config, launch options), or None where the spelling cannot say
     it (another kernel, a variant flag it has no letter for)."""
-    if kernel not in _SHORT or config is None:
+    if config is None or (kernel not in _SHORT and kernel != "triton_gemm_rs"):
         return None
     c = dict(config.items())
     opts = dict(launch.items()) if launch is not None else {}
+    if kernel == "triton_gemm_rs":
+        flags = [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
+        flags += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
+        flags += [f"ps{c['PER_SM']}"] if c.get("PER_SM", 0) else []
+        spell = ":".join([f"rs:{c['BLOCK_M']}x{c['BLOCK_N']}", str(opts.get("num_warps", 4)),
+                          str(opts.get("num_stages", 3))] + flags)
+        try:
+            return spell if resolve(spell) == (kernel, config, launch) else None
+        except ValueError:
+            return None
     bits = [_SHORT[kernel], f"{c['BLOCK_N']}x{c['BLOCK_K']}"]
     if "num_warps" in opts:
         bits.append(f"w{opts['num_warps']}")

@@ -70,7 +70,10 @@ def test_every_bucket_of_a_kplanes_plan_runs_a_triton_kernel_that_reads_kplanes(
             for e in plan.entries:
                 assert "kplanes" in KERNELS[e.kernel].layouts and KERNELS[e.kernel].uses_triton, (K, N, e)
             if K >= 4096 and N >= 4096:
-                assert {plan.entry_for(m).kernel for m in (16, 32)} == {"triton_stripe"}
+                # M 2..32: the register-operand GEMM's persistent grid on every shape of the class
+                for m in (4, 16, 32):
+                    e = plan.entry_for(m)
+                    assert e.kernel == "triton_gemm_rs" and e.config.PER_SM > 0, (K, N, m, e)
                 assert plan.entry_for(64).kernel in ("triton_stripe", "triton_gemm_rs")
 
 
@@ -95,9 +98,8 @@ def test_plan_text_carries_the_layout():
     assert back.layout == "kplanes" and back.entries == plan.entries
     assert plan.describe() == (
         "weights kplanes; M 1..1: triton_gemv 1x256x128 sk32 fma_decode w2 st1; "
-        "M 2..4: triton_stripe 16x256x128 stages3 per_sm2 dot trans slots w4 st1; "
-        "M 5..16: triton_stripe 16x128x128 stages3 per_sm2 dot trans slots w4 st1; "
-        "M 17..32: triton_stripe 32x128x128 stages3 per_sm2 dot trans slots w4 st1; "
+        "M 2..4: triton_gemm_rs 8x128x128 per_sm3 w4 st3; M 5..16: triton_gemm_rs 16x128x128 per_sm3 w4 st3; "
+        "M 17..32: triton_gemm_rs 32x128x128 per_sm2 w4 st3; "
         "M 33..64: triton_gemm_rs 64x64x128 w4 st4; M 65..128: triton_gemm_rs 128x128x128 w8 st4; "
         "M 129..256: triton_gemm_rs 256x128x128 w8 st3; M 257..inf: triton_dequant_mm 64x32 w4 st1")
     # a standard plan's text is what it was before the layout existed
@@ -217,12 +219,12 @@ def test_reserve_for_plan_covers_every_m_of_the_stripe_buckets():
     from awq_compile.kernels.specs.triton_stripe import stripe_workspace
     from awq_compile.kernels.triton.launch import _workspace, reserve_for_plan
 
-    p = Problem(4096, 14336, 128, True, "float16")
+    p = Problem(4096, 4096, 128, True, "float16")
     plan = select(p, SM90, triton_version="3.6")
     reserve_for_plan(plan, p, "cpu")
     ws, tickets = _workspace()._bufs[("cpu", None, "slots")]
-    stripe_ms = [m for m in range(5, 65) if plan.entry_for(m).kernel == "triton_stripe"]
-    assert stripe_ms == list(range(5, 33))           # M 33..64 is the register-operand GEMM's on this shape
+    stripe_ms = [m for m in range(2, 129) if plan.entry_for(m).kernel == "triton_stripe"]
+    assert stripe_ms == list(range(33, 65))      # M 2..32 is the register-operand GEMM's (its atomic workspace)
     for m in stripe_ms:
         e = plan.entry_for(m)
         n, t = stripe_workspace(e.config, p.with_m(m).with_layout("kplanes"), SM90)
