@@ -197,8 +197,6 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         um = (u0 // KT) % tiles_m
         uk = u0 % KT
     else:
-        P = 1
-        U = 1
         per_split = gl.cdiv(KT, SPLIT_K)
         un = gl.program_id(0)
         um = gl.program_id(1)
