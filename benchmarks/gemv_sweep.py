@@ -21,9 +21,9 @@ the first times only the N fastest configs of the same (shape, M, layout) in the
 Config spelling ``KERNEL:BNxBK:wWARPS[:skSPLIT][:mBLOCK_M][:fma][:rMAXNREG][:stSTAGES][:psPER_SM]`` with
 KERNEL ``gemv`` (triton_gemv), ``stream`` (triton_gemv_stream) or ``stripe`` (triton_stripe: STAGES, PER_SM;
 kplanes only, BLOCK_M >= 16); BLOCK_M is 1 unless ``:mN``.  ``rs:`` followed by ``benchmarks.wide_sweep``'s
-two-number spelling (``rs:8x128:4:3:ps3``) is the register-operand GEMM ``triton_gemm_rs`` (the M 2..4 entries).  Sweep 1 (2026-12-01) also timed
-``triton_gemv_deep`` (commit d4fb5cc..61db59f, removed after it lost everywhere; see docs/performance.md and
-benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
+two-number spelling (``rs:8x128:4:3:ps3``) is the register-operand GEMM ``triton_gemm_rs`` (the M 2..4 entries).
+Sweep 1 (2026-12-01) also timed ``triton_gemv_deep`` (commit d4fb5cc..61db59f, removed after it lost everywhere;
+see docs/performance.md and benchmarks/results/2026-12-01-h200-gemv-sweep1.log).
 """
 
 from __future__ import annotations
@@ -144,29 +144,25 @@ def spec_of(kernel: str, config, launch) -> str | None:
         return None
     c = dict(config.items())
     opts = dict(launch.items()) if launch is not None else {}
-    if kernel == "triton_gemm_rs":
-        flags = [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
-        flags += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
-        flags += [f"ps{c['PER_SM']}"] if c.get("PER_SM", 0) else []
-        spell = ":".join([f"rs:{c['BLOCK_M']}x{c['BLOCK_N']}", str(opts.get("num_warps", 4)),
-                          str(opts.get("num_stages", 3))] + flags)
-        try:
-            return spell if resolve(spell) == (kernel, config, launch) else None
-        except ValueError:
-            return None
-    bits = [_SHORT[kernel], f"{c['BLOCK_N']}x{c['BLOCK_K']}"]
-    if "num_warps" in opts:
-        bits.append(f"w{opts['num_warps']}")
-    if c.get("SPLIT_K", 1) != 1:
-        bits.append(f"sk{c['SPLIT_K']}")
-    if c.get("BLOCK_M", 1) != 1:
-        bits.append(f"m{c['BLOCK_M']}")
-    if c.get("FMA_DECODE"):
-        bits.append("fma")
-    if "STAGES" in c:
-        bits += [f"st{c['STAGES']}", f"ps{c['PER_SM']}"]
-    if opts.get("maxnreg"):
-        bits.append(f"r{opts['maxnreg']}")
+    if kernel == "triton_gemm_rs":     # wide_sweep's two-number tile behind "rs:"
+        bits = [f"rs:{c['BLOCK_M']}x{c['BLOCK_N']}", str(opts.get("num_warps", 4)), str(opts.get("num_stages", 3))]
+        bits += [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
+        bits += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
+        bits += [f"ps{c['PER_SM']}"] if c.get("PER_SM", 0) else []
+    else:
+        bits = [_SHORT[kernel], f"{c['BLOCK_N']}x{c['BLOCK_K']}"]
+        if "num_warps" in opts:
+            bits.append(f"w{opts['num_warps']}")
+        if c.get("SPLIT_K", 1) != 1:
+            bits.append(f"sk{c['SPLIT_K']}")
+        if c.get("BLOCK_M", 1) != 1:
+            bits.append(f"m{c['BLOCK_M']}")
+        if c.get("FMA_DECODE"):
+            bits.append("fma")
+        if "STAGES" in c:
+            bits += [f"st{c['STAGES']}", f"ps{c['PER_SM']}"]
+        if opts.get("maxnreg"):
+            bits.append(f"r{opts['maxnreg']}")
     spell = ":".join(bits)
     try:
         return spell if resolve(spell) == (kernel, config, launch) else None

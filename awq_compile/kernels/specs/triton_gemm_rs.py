@@ -10,6 +10,7 @@ import dataclasses
 from typing import ClassVar
 
 from ..spec import KernelConfig, KernelSpec, LaunchPlan, fused_arguments, k_tile_reason
+from .triton_stripe import stripe_geometry
 
 BLOCK_K = 128          # one kplanes block per K tile: nibble plane i is its rows 16 i .. 16 i + 15
 DEFAULT_STAGES = 3     # the ring depth where the launch options leave num_stages unset
@@ -86,9 +87,8 @@ def plan(cfg: GemmRsConfig, launch, problem, target, interpret: bool) -> LaunchP
 
     M, N = problem.m, problem.N
     tiles = (-(-N // cfg.BLOCK_N), -(-M // cfg.BLOCK_M))
-    if cfg.PER_SM:
-        units = tiles[0] * tiles[1] * (problem.K // BLOCK_K)
-        programs = min(cfg.PER_SM * max(target.compute_units, 1), units)
+    if cfg.PER_SM:     # the stripe kernel's persistent geometry: PER_SM per SM, at most one program per unit
+        programs, _, _, units = stripe_geometry(cfg, M, N, problem.K, target.compute_units)
         if (units + 1) * programs >= 2 ** 31:
             raise ValueError(f"triton_gemm_rs: {units} units on {programs} programs overflows 32-bit unit arithmetic")
         grid = (programs,)

@@ -243,3 +243,9 @@ def _plane_act(packed, I: tl.constexpr, ACT: tl.constexpr):
     else:
         src = packed
     return _magic16((src & 15).to(tl.int16), ACT)
+
+
+@triton.jit
+def _owner(u, U, P):
+    """The program whose stripe [p U / P, (p + 1) U / P) holds unit u."""
+    return ((u + 1) * P + U - 1) // U - 1

@@ -43,6 +43,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+from .decode import _owner       # a stripe's unit arithmetic, as the stripe kernel's
+
 # the spellings that differ between Triton 3.6 and 3.9
 _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
@@ -90,8 +92,8 @@ def _pair_asm(I, MAGIC):
     sel = b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12)
     shift = " shr.b32 t, t, 4;" if int(I) % 2 else ""
     magic = int(MAGIC) * 0x10001
-    return ("{ .reg .b32 t; prmt.b32 t, $2, $3, " + hex(sel) + ";" + shift + " lop3.b32 t, t, 0x000F000F, " + hex(magic) +
-            ", 0xEA; mov.b32 {$0, $1}, t; }")        # 0xEA: (a & b) | c
+    return ("{ .reg .b32 t; prmt.b32 t, $2, $3, " + hex(sel) + ";" + shift
+            + " lop3.b32 t, t, 0x000F000F, " + hex(magic) + ", 0xEA; mov.b32 {$0, $1}, t; }")   # 0xEA: (a & b) | c
 
 
 @gluon.jit
@@ -196,14 +198,13 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         un = u0 // (tiles_m * KT)
         um = (u0 // KT) % tiles_m
         uk = u0 % KT
+        n_units = u1 - u0
     else:
         per_split = gl.cdiv(KT, SPLIT_K)
         un = gl.program_id(0)
         um = gl.program_id(1)
         uk = gl.program_id(2) * per_split
-        u0 = (un * tiles_m + um) * KT + uk
-        u1 = u0 + gl.minimum(KT - uk, per_split)              # >= 1 unit (the spec's SPLIT_K rule)
-    n_units = u1 - u0
+        n_units = gl.minimum(KT - uk, per_split)              # >= 1 unit (the spec's SPLIT_K rule)
 
     cr = gl.arange(0, 16, layout=gl.SliceLayout(1, WC))
     cn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, WC))
@@ -228,7 +229,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
     zm, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ACT, BLOCK_N,
                          SL)
-    sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (its scales, its words)
+    sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (scales, words)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
@@ -272,7 +273,6 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                 _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, un * BLOCK_N, um * BLOCK_M, tile,
                              last - first + 1, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
                 acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-        if STRIPES:
             un = sn
             um = sm
         uk = sk
@@ -283,12 +283,6 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, gl.program_id(0) * BLOCK_N, gl.program_id(1) * BLOCK_M,
                      gl.program_id(0) * tiles_m + gl.program_id(1), SPLIT_K, M, N, stride_om, HAS_BIAS, BLOCK_N,
                      BLOCK_M, num_warps)
-
-
-@gluon.jit
-def _owner(u, U, P):
-    """The program whose stripe [p U / P, (p + 1) U / P) holds unit u."""
-    return ((u + 1) * P + U - 1) // U - 1
 
 
 @gluon.jit

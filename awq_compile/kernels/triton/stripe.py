@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import _fence_gpu, _magic16, _plane_act
+from .decode import _fence_gpu, _magic16, _owner, _plane_act
 from ..specs.triton_stripe import stripe_geometry, stripe_workspace_size
 from .launch import workspace
 
@@ -140,12 +140,6 @@ def _offset32(I: tl.constexpr):
         return 1.0 * (1 << (35 - 4 * I))
     else:
         return 1.0 * (1 << (23 - 4 * I))
-
-
-@triton.jit
-def _owner(u, U, P):
-    """The program whose stripe [p U / P, (p + 1) U / P) holds unit u."""
-    return ((u + 1) * P + U - 1) // U - 1
 
 
 @triton.jit
