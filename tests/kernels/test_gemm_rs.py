@@ -46,7 +46,9 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
                     stores=ttgir.count("ttg.local_store"), spills=stats.get("spills", 0),
                     wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu"),
                     ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
-                    l2_reads=len(re.findall(r"ld\.global\.cg", ptx))))
+                    l2_reads=len(re.findall(r"ld\.global\.cg", ptx)),
+                    odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx)),
+                    hmul=len(re.findall(r"[ \t]mul(?:\.rn)?\.b?f16(?:x2)?[ \t]", ptx))))
 print(json.dumps(out))
 """
 
@@ -55,6 +57,8 @@ _CASES = [
     (dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4), "bfloat16", True, True),
     (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5), "float16", False, False),
     (dict(BLOCK_M=16, BLOCK_N=256, PER_SM=1, num_warps=8, num_stages=4), "float16", True, True),
+    (dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, SCALE_ACC=1, num_warps=4, num_stages=3), "float16", True, False),
+    (dict(BLOCK_M=16, BLOCK_N=128, SPLIT_K=2, SCALE_ACC=1, num_warps=4, num_stages=3), "bfloat16", False, True),
 ]
 
 
@@ -73,6 +77,13 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
         # read from L2 by the last contributor
         assert r["fence"] == 0 and r["ticket"] == (1 if shared else 0), (cfg, r)
         assert (r["l2_reads"] > 0) == shared, (cfg, r)
+        # odd nibble planes: fp16 masks bits 4..7 in place under the magic 64 (no shift); bf16 shifts them down
+        if dtype == "float16":
+            assert r["odd_masks"] > 0 and r["shifts"] == 0, (cfg, r)
+        else:
+            assert r["odd_masks"] == 0 and r["shifts"] > 0, (cfg, r)
+        # SCALE_ACC: no multiply of the decoded planes (the scale goes on each K tile's fp32 partial sum)
+        assert (r["hmul"] == 0) == bool(cfg.get("SCALE_ACC")), (cfg, r)
 
 
 def test_the_spec_refuses_what_the_kernel_cannot_do():
@@ -85,7 +96,7 @@ def test_the_spec_refuses_what_the_kernel_cannot_do():
     assert "kplanes" in spec.reason(kp.with_layout("standard"), SM90)
     for keys, why in ((dict(BLOCK_M=12), "multiple of 8"), (dict(BLOCK_N=96), "power-of-two multiple"),
                       (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2"),
-                      (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1")):
+                      (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1"), (dict(SCALE_ACC=2), "0 or 1")):
         c, o = spec.parse(dict(dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), **keys), "t", backend="cuda")
         assert why in c.check(o, kp, 232448), keys
     c, o = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=4), "t", backend="cuda")
@@ -117,7 +128,9 @@ def _sm90_gpu() -> bool:
                                   dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4),
                                   dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4),
                                   dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5),
-                                  dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8)],
+                                  dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8),
+                                  dict(BLOCK_M=16, BLOCK_N=128, SPLIT_K=2, SCALE_ACC=1, num_warps=4, num_stages=3),
+                                  dict(BLOCK_M=8, BLOCK_N=64, SCALE_ACC=1, MMA_DEPTH=2, num_warps=4, num_stages=4)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_matches_float64_on_the_gpu(keys):
     bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
@@ -127,7 +140,10 @@ def test_matches_float64_on_the_gpu(keys):
 @pytest.mark.skipif(not _sm90_gpu(), reason="needs an sm90 GPU (Gluon has no interpreter)")
 @pytest.mark.parametrize("keys", [dict(BLOCK_M=16, BLOCK_N=128, PER_SM=1, num_warps=4, num_stages=4),
                                   dict(BLOCK_M=16, BLOCK_N=256, PER_SM=2, num_warps=8, num_stages=4),
-                                  dict(BLOCK_M=64, BLOCK_N=64, PER_SM=2, MMA_DEPTH=2, num_warps=4, num_stages=4)],
+                                  dict(BLOCK_M=64, BLOCK_N=64, PER_SM=2, MMA_DEPTH=2, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, SCALE_ACC=1, num_warps=4, num_stages=3),
+                                  dict(BLOCK_M=16, BLOCK_N=128, PER_SM=2, SCALE_ACC=1, MMA_DEPTH=2, num_warps=4,
+                                       num_stages=3)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_the_persistent_grid_matches_float64_on_the_gpu(keys):
     """Runs of (tile, K tile) units that start and end inside tiles, several token tiles, tiles with 2..n

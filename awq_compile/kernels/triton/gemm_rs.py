@@ -84,16 +84,20 @@ def copy_layout(BLOCK_N, num_warps):
 
 
 @gluon.constexpr_function
-def _pair_asm(I, MAGIC):
+def _pair_asm(I, MAGIC, ODD_MAGIC):
     """PTX for nibble plane I of two words (K rows r and r + 1 of a kplanes block, same column) as one fp16x2 /
-    bf16x2 register ``MAGIC + q`` per row: ``prmt`` gathers byte I // 2 of both words into bytes 0 and 2, a
-    shift by 4 brings an odd plane's nibbles down, and one AND-OR (a ``LOP3``) masks and adds the magic."""
+    bf16x2 register ``MAGIC + q`` per row: ``prmt`` gathers byte I // 2 of both words into bytes 0 and 2 and one
+    AND-OR (a ``LOP3``) masks and adds the magic.  An odd plane's nibbles sit at bits 4..7 of each half: with
+    ODD_MAGIC (fp16 only) they are masked in place under the magic ``ODD_MAGIC`` (fp16 64, whose mantissa unit at
+    bit 4 is 1: the half is ``64 + q``), else shifted down by 4 first."""
     b = int(I) // 2
     sel = b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12)
-    shift = " shr.b32 t, t, 4;" if int(I) % 2 else ""
-    magic = int(MAGIC) * 0x10001
+    odd = int(I) % 2
+    mask = "0x00F000F0" if odd and ODD_MAGIC else "0x000F000F"
+    shift = " shr.b32 t, t, 4;" if odd and not ODD_MAGIC else ""
+    magic = (int(ODD_MAGIC) if odd and ODD_MAGIC else int(MAGIC)) * 0x10001
     return ("{ .reg .b32 t; prmt.b32 t, $2, $3, " + hex(sel) + ";" + shift
-            + " lop3.b32 t, t, 0x000F000F, " + hex(magic) + ", 0xEA; mov.b32 {$0, $1}, t; }")   # 0xEA: (a & b) | c
+            + " lop3.b32 t, t, " + mask + ", " + hex(magic) + ", 0xEA; mov.b32 {$0, $1}, t; }")   # 0xEA: (a & b) | c
 
 
 @gluon.jit
@@ -105,31 +109,51 @@ def _split_rows(words):
 
 
 @gluon.jit
-def _plane(we, wo, I: gl.constexpr, zm, s, MAGIC: gl.constexpr, ACT: gl.constexpr, WL: gl.constexpr):
-    """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm``: the
-    zero as MAGIC + z); two rows' nibbles are extracted per 32-bit operation (:func:`_pair_asm`)."""
+def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr,
+           WL: gl.constexpr, SCALE_ACC: gl.constexpr):
+    """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm`` / ``zo``:
+    the zero as the even / odd planes' magic + z); two rows' nibbles are extracted per 32-bit operation
+    (:func:`_pair_asm`).  SCALE_ACC: ``q - z`` only (exact), the scale goes on the tile's fp32 partial sum."""
     BLOCK_N: gl.constexpr = we.shape[0]
-    lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC), "=h,=h,r,r", [we, wo], dtype=(gl.int16, gl.int16),
-                                       is_pure=True, pack=1)
+    lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC, ODD_MAGIC), "=h,=h,r,r", [we, wo],
+                                       dtype=(gl.int16, gl.int16), is_pure=True, pack=1)
     v = gl.reshape(gl.join(lo, hi), [BLOCK_N, 16]).to(ACT, bitcast=True)
     v = gl.convert_layout(v, WL, assert_trivial=True)
-    return (v - zm[:, None]) * s[:, None]
+    if I % 2 == 1 and ODD_MAGIC != 0:
+        v = v - zo[:, None]
+    else:
+        v = v - zm[:, None]
+    if not SCALE_ACC:
+        v = v * s[:, None]
+    return v
 
 
 @gluon.jit
 def _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr,
-                 MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_N: gl.constexpr, L: gl.constexpr):
-    """The scales and zeros (as MAGIC + z) of K tile ``uk`` of column tile ``un``, per weight column, in L."""
+                 MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_N: gl.constexpr,
+                 L: gl.constexpr, SL: gl.constexpr, SCALE_ACC: gl.constexpr):
+    """The zeros of K tile ``uk`` of column tile ``un`` per weight column, in L, as the even planes' MAGIC + z and
+    the odd planes' ODD_MAGIC + z (:func:`_pair_asm`), and its scales: in L and the activation dtype, or with
+    SCALE_ACC in SL (the accumulator's rows) and fp32."""
     offs_n = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=L)
     mask_n = offs_n < N
     g = (uk * 128) // GROUP_SIZE
-    s = gl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
     if HAS_ZEROS:
         zw = gl.load(qz_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
         zq = ((zw >> ((offs_n % 8) * 4)) & 15).to(gl.int16)
     else:
         zq = gl.full(offs_n.shape, 8, gl.int16, L)
-    return (zq | MAGIC).to(ACT, bitcast=True), s
+    zm = (zq | MAGIC).to(ACT, bitcast=True)
+    if ODD_MAGIC != 0:
+        zo = ((zq << 4) | ODD_MAGIC).to(ACT, bitcast=True)
+    else:
+        zo = zm
+    if not SCALE_ACC:
+        s = gl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+    else:
+        offs_s = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=SL)
+        s = gl.load(s_ptr + g * stride_sg + offs_s, mask=offs_s < N, other=0.0).to(gl.float32)
+    return zm, zo, s
 
 
 @gluon.jit
@@ -163,7 +187,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                     GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     KPLANES: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr):
+                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr, SCALE_ACC: gl.constexpr):
     num_warps: gl.constexpr = gl.num_warps()
     gl.static_assert(KPLANES, "the register-operand GEMM reads the kplanes layout")
     gl.static_assert(STAGES >= 3, "the ring needs STAGES >= 3 (tile t + 1 is read while tile t - 1's slot refills)")
@@ -173,8 +197,10 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     ACT: gl.constexpr = x_ptr.dtype.element_ty
     if ACT == gl.bfloat16:
         MAGIC: gl.constexpr = 0x4300
+        ODD_MAGIC: gl.constexpr = 0      # bf16's 7-bit mantissa cannot hold bits 4..7: odd planes shift
     else:
         MAGIC: gl.constexpr = 0x6400
+        ODD_MAGIC: gl.constexpr = 0x5400
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -182,6 +208,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     WT: gl.constexpr = word_layout(BLOCK_N, num_warps, True)
     WC: gl.constexpr = copy_layout(BLOCK_N, num_warps)
     SL: gl.constexpr = gl.SliceLayout(1, WL)
+    AL: gl.constexpr = gl.SliceLayout(1, mma)       # the accumulator's rows (SCALE_ACC's scales)
     x_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], ACT)
     w_sl: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [1, 0])     # 16-byte chunks, rows XOR-swizzled
     x_ld: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])
@@ -227,28 +254,47 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     fence_async_shared()
     _barrier()
     we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
-    zm, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ACT, BLOCK_N,
-                         SL)
+    zm, zo, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ODD_MAGIC,
+                             ACT, BLOCK_N, SL, AL, SCALE_ACC)
     sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (scales, words)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+    # SCALE_ACC: ``cur`` sums one K tile's unscaled planes; the previous tile's (``prev``, scales ``sp``) is added
+    # to ``acc`` once its last wgmma retires, MMA_DEPTH steps into the next tile (no wait at the tile's end)
+    cur = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+    prev = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+    sp = gl.zeros([BLOCK_N], gl.float32, AL)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
     for t in range(n_units):
         xs = x_smem.index(t % STAGES)
         more = t + 1 < n_units
         # the next unit's scales and zeros from global memory a whole unit before their first use
-        zm_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC,
-                                 ACT, BLOCK_N, SL)
+        zm_n, zo_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS,
+                                       MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL, AL, SCALE_ACC)
         for i in gl.static_range(8):
-            p = gl.convert_layout(_plane(we, wo, i, zm, s, MAGIC, ACT, WL), a_l, assert_trivial=True)
-            acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
-            if MMA_DEPTH == 1:
-                acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
-                q1 = p
+            p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL, SCALE_ACC), a_l,
+                                  assert_trivial=True)
+            if SCALE_ACC:
+                cur = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), cur, use_acc=i > 0,
+                                    is_async=True)
+                if MMA_DEPTH == 1:
+                    cur, q1, prev = warpgroup_mma_wait(num_outstanding=1, deps=[cur, q1, prev])
+                    q1 = p
+                else:
+                    cur, q2, prev = warpgroup_mma_wait(num_outstanding=2, deps=[cur, q2, prev])
+                    q2 = q1
+                    q1 = p
+                if i == MMA_DEPTH - 1:       # the previous tile's wgmmas have all retired
+                    acc = acc + prev * sp[:, None]
             else:
-                acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
-                q2 = q1
-                q1 = p
+                acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
+                if MMA_DEPTH == 1:
+                    acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
+                    q1 = p
+                else:
+                    acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
+                    q2 = q1
+                    q1 = p
             if i == 3:
                 async_copy.wait_group(STAGES - 3)
                 fence_async_shared()       # the copies this thread waited for, before wgmma (async proxy) reads
@@ -263,10 +309,19 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         we = we_n
         wo = wo_n
         zm = zm_n
+        zo = zo_n
+        if SCALE_ACC:
+            prev = cur
+            sp = s
         s = s_n
         if STRIPES:
             if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
-                acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+                if SCALE_ACC:
+                    prev, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[prev, q1, q2])
+                    acc = acc + prev * sp[:, None]
+                    prev = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+                else:
+                    acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
                 tile = un * tiles_m + um
                 first = _owner(tile * KT, U, P)
                 last = _owner(tile * KT + KT - 1, U, P)
@@ -277,6 +332,9 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
             um = sm
         uk = sk
         sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
+    if SCALE_ACC:
+        prev, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[prev, q1, q2])
+        acc = acc + prev * sp[:, None]
     acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
     if not STRIPES:
