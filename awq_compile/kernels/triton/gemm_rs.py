@@ -251,8 +251,8 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         async_copy.commit_group()
         ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
     async_copy.wait_group(STAGES - 2)
-    fence_async_shared()
     _barrier()
+    fence_async_shared()
     we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
     zm, zo, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ODD_MAGIC,
                              ACT, BLOCK_N, SL, AL, SCALE_ACC)
@@ -297,8 +297,12 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                     q1 = p
             if i == 3:
                 async_copy.wait_group(STAGES - 3)
-                fence_async_shared()       # the copies this thread waited for, before wgmma (async proxy) reads
-                _barrier()                 # ... and every warp's, and every warp group's MMAs on unit t - 1
+                # every thread's copies of unit t + 1 have landed, and every warp group's MMAs on unit t - 1 are
+                # done; then the proxy fence for the x slots wgmma (the async proxy) reads -- after the barrier,
+                # as Triton 3.9 orders it in its own cp.async -> wgmma pipelines: a barrier right after the wait
+                # is one Triton's barrier pass does not double (it adds one after a wait followed by anything else)
+                _barrier()
+                fence_async_shared()
                 nt = t + STAGES - 1
                 _load_unit(x_smem.index(nt % STAGES), w_smem.index(nt % STAGES), x_base, w_base, ln, lm, lk,
                            nt < n_units, M, N, stride_xm, stride_qk, cn, xm, BLOCK_M, BLOCK_N)
