@@ -13,9 +13,9 @@ standard layout), ``cublas`` (fp16 ``x @ W``) and each config -- relative error 
 NaN-poisoned output before it is timed; every row says its layout.  The best config per (row, layout) is
 relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
 ``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
-x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2][:ps2][:sa]`` is the register-operand
+x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2][:ps2]`` is the register-operand
 Gluon GEMM ``triton_gemm_rs`` (its K tile is 128; stages = its ring depth; dN = MMA_DEPTH N; psN = PER_SM N, the
-persistent stripe grid; sa = SCALE_ACC, the scale on each K tile's fp32 partial sum; kplanes only).
+persistent stripe grid; kplanes only).
 """
 
 from __future__ import annotations
@@ -89,8 +89,6 @@ def parse(spec: str) -> dict:
             cfg["SPLIT_K"] = int(flag[2:])
         elif flag.startswith("g"):
             cfg["GROUP_M"] = int(flag[1:])
-        elif flag == "sa" and len(tile) == 2:
-            cfg["SCALE_ACC"] = 1
         elif flag == "x":
             cfg["XPERM"] = 1
         else:

@@ -47,8 +47,7 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
                     wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu"),
                     ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
                     l2_reads=len(re.findall(r"ld\.global\.cg", ptx)),
-                    odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx)),
-                    hmul=len(re.findall(r"[ \t]mul(?:\.rn)?\.b?f16(?:x2)?[ \t]", ptx))))
+                    odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx))))
 print(json.dumps(out))
 """
 
@@ -57,8 +56,7 @@ _CASES = [
     (dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4), "bfloat16", True, True),
     (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5), "float16", False, False),
     (dict(BLOCK_M=16, BLOCK_N=256, PER_SM=1, num_warps=8, num_stages=4), "float16", True, True),
-    (dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, SCALE_ACC=1, num_warps=4, num_stages=3), "float16", True, False),
-    (dict(BLOCK_M=16, BLOCK_N=128, SPLIT_K=2, SCALE_ACC=1, num_warps=4, num_stages=3), "bfloat16", False, True),
+    (dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, num_warps=4, num_stages=3), "bfloat16", False, False),
 ]
 
 
@@ -82,8 +80,6 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
             assert r["odd_masks"] > 0 and r["shifts"] == 0, (cfg, r)
         else:
             assert r["odd_masks"] == 0 and r["shifts"] > 0, (cfg, r)
-        # SCALE_ACC: no multiply of the decoded planes (the scale goes on each K tile's fp32 partial sum)
-        assert (r["hmul"] == 0) == bool(cfg.get("SCALE_ACC")), (cfg, r)
 
 
 def test_the_spec_refuses_what_the_kernel_cannot_do():
@@ -96,7 +92,7 @@ def test_the_spec_refuses_what_the_kernel_cannot_do():
     assert "kplanes" in spec.reason(kp.with_layout("standard"), SM90)
     for keys, why in ((dict(BLOCK_M=12), "multiple of 8"), (dict(BLOCK_N=96), "power-of-two multiple"),
                       (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2"),
-                      (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1"), (dict(SCALE_ACC=2), "0 or 1")):
+                      (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1")):
         c, o = spec.parse(dict(dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), **keys), "t", backend="cuda")
         assert why in c.check(o, kp, 232448), keys
     c, o = spec.parse(dict(BLOCK_M=256, BLOCK_N=128, num_warps=8, num_stages=4), "t", backend="cuda")
@@ -129,8 +125,7 @@ def _sm90_gpu() -> bool:
                                   dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=4, num_warps=4, num_stages=4),
                                   dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5),
                                   dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=3, num_warps=4, num_stages=8),
-                                  dict(BLOCK_M=16, BLOCK_N=128, SPLIT_K=2, SCALE_ACC=1, num_warps=4, num_stages=3),
-                                  dict(BLOCK_M=8, BLOCK_N=64, SCALE_ACC=1, MMA_DEPTH=2, num_warps=4, num_stages=4)],
+                                  dict(BLOCK_M=8, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=4)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_matches_float64_on_the_gpu(keys):
     bm, bn = keys["BLOCK_M"], keys["BLOCK_N"]
@@ -141,9 +136,7 @@ def test_matches_float64_on_the_gpu(keys):
 @pytest.mark.parametrize("keys", [dict(BLOCK_M=16, BLOCK_N=128, PER_SM=1, num_warps=4, num_stages=4),
                                   dict(BLOCK_M=16, BLOCK_N=256, PER_SM=2, num_warps=8, num_stages=4),
                                   dict(BLOCK_M=64, BLOCK_N=64, PER_SM=2, MMA_DEPTH=2, num_warps=4, num_stages=4),
-                                  dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, SCALE_ACC=1, num_warps=4, num_stages=3),
-                                  dict(BLOCK_M=16, BLOCK_N=128, PER_SM=2, SCALE_ACC=1, MMA_DEPTH=2, num_warps=4,
-                                       num_stages=3)],
+                                  dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, num_warps=4, num_stages=3)],
                          ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
 def test_the_persistent_grid_matches_float64_on_the_gpu(keys):
     """Runs of (tile, K tile) units that start and end inside tiles, several token tiles, tiles with 2..n

@@ -27,16 +27,13 @@ class GemmRsConfig(KernelConfig):
     workspace; MMA_DEPTH wgmmas in flight while the next planes decode (1 or 2).  PER_SM > 0: a persistent grid
     of PER_SM programs per SM instead of one program per (tile, split), each walking a contiguous run of
     (tile, K tile) units -- every program streams the same number of weight tiles, and a tile whose K is shared
-    by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1).  SCALE_ACC = 1: the planes
-    enter the wgmma as ``q - z`` (exact) and each K tile's fp32 partial sum is scaled once (one multiply per
-    accumulator element per tile instead of one per weight pair; two more accumulators live)."""
+    by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1)."""
 
     BLOCK_M: int
     BLOCK_N: int
     SPLIT_K: int = 1
     MMA_DEPTH: int = 1
     PER_SM: int = 0
-    SCALE_ACC: int = 0
     BLOCK_K: ClassVar[int] = BLOCK_K     # fixed, not a table key
 
     def check(self, launch, problem, shared_limit):
@@ -56,8 +53,6 @@ class GemmRsConfig(KernelConfig):
             return "num_stages (the ring depth) must be >= 3"
         if self.MMA_DEPTH not in (1, 2):
             return f"MMA_DEPTH={self.MMA_DEPTH}: 1 or 2"
-        if self.SCALE_ACC not in (0, 1):
-            return f"SCALE_ACC={self.SCALE_ACC}: 0 or 1"
         if self.PER_SM and self.SPLIT_K != 1:
             return f"PER_SM={self.PER_SM}: a persistent grid reduces the tiles it shares itself; it needs SPLIT_K = 1"
         tiles = problem.K // BLOCK_K
@@ -76,7 +71,6 @@ class GemmRsConfig(KernelConfig):
         rest = [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
         rest += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
         rest += [f"per_sm{c['PER_SM']}"] if c.get("PER_SM", 0) else []
-        rest += ["sa"] if c.get("SCALE_ACC", 0) else []
         return " ".join([f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}"] + rest)
 
 

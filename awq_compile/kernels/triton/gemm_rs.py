@@ -11,8 +11,9 @@ BLOCK_M tokens (its N side).  Per K tile of 128 rows (one kplanes block, ``forma
   conversion is checked trivial at compile time (no shared-memory round trip of the decoded weight);
 * plane i is decoded with the 16-bit magic (``q | 0x6400`` is fp16 1024 + q; bf16 ``0x4300``), two K rows per
   32-bit operation (the operand register holds rows r, r + 1: one ``prmt`` gathers their words' byte i // 2,
-  one ``lop3`` masks and adds the magic, an odd plane shifts by 4 first -- 2 integer operations per pair
-  instead of ~4.7, the loop 633 -> 472 instructions at 16x256 w8), then ``(q - z) * s`` in the activation
+  one ``lop3`` masks and adds the magic -- an odd plane's nibbles, at bits 4..7, are masked in place under
+  the fp16 magic 64 (whose mantissa unit there is 1) and shifted down first in bf16; ~1.5-2 integer operations
+  per pair instead of ~4.7, the loop 633 -> 472 instructions at 16x256 w8), then ``(q - z) * s`` in the activation
   dtype (exact subtraction, one rounding, as the user's dequant), and fed to an asynchronous wgmma whose x
   operand is the K slice [16 i, 16 i + 16) of the tile's x slot;
 * the wgmma of step i is waited for MMA_DEPTH steps later -- across the loop edge too -- so the decode of the
@@ -110,10 +111,10 @@ def _split_rows(words):
 
 @gluon.jit
 def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr,
-           WL: gl.constexpr, SCALE_ACC: gl.constexpr):
+           WL: gl.constexpr):
     """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm`` / ``zo``:
     the zero as the even / odd planes' magic + z); two rows' nibbles are extracted per 32-bit operation
-    (:func:`_pair_asm`).  SCALE_ACC: ``q - z`` only (exact), the scale goes on the tile's fp32 partial sum."""
+    (:func:`_pair_asm`)."""
     BLOCK_N: gl.constexpr = we.shape[0]
     lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC, ODD_MAGIC), "=h,=h,r,r", [we, wo],
                                        dtype=(gl.int16, gl.int16), is_pure=True, pack=1)
@@ -123,18 +124,15 @@ def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: g
         v = v - zo[:, None]
     else:
         v = v - zm[:, None]
-    if not SCALE_ACC:
-        v = v * s[:, None]
-    return v
+    return v * s[:, None]
 
 
 @gluon.jit
 def _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr,
                  MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_N: gl.constexpr,
-                 L: gl.constexpr, SL: gl.constexpr, SCALE_ACC: gl.constexpr):
+                 L: gl.constexpr):
     """The zeros of K tile ``uk`` of column tile ``un`` per weight column, in L, as the even planes' MAGIC + z and
-    the odd planes' ODD_MAGIC + z (:func:`_pair_asm`), and its scales: in L and the activation dtype, or with
-    SCALE_ACC in SL (the accumulator's rows) and fp32."""
+    the odd planes' ODD_MAGIC + z (:func:`_pair_asm`), and its scales."""
     offs_n = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=L)
     mask_n = offs_n < N
     g = (uk * 128) // GROUP_SIZE
@@ -148,11 +146,7 @@ def _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE: gl.
         zo = ((zq << 4) | ODD_MAGIC).to(ACT, bitcast=True)
     else:
         zo = zm
-    if not SCALE_ACC:
-        s = gl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-    else:
-        offs_s = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=SL)
-        s = gl.load(s_ptr + g * stride_sg + offs_s, mask=offs_s < N, other=0.0).to(gl.float32)
+    s = gl.load(s_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
     return zm, zo, s
 
 
@@ -187,7 +181,7 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                     GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     KPLANES: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr, SCALE_ACC: gl.constexpr):
+                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr):
     num_warps: gl.constexpr = gl.num_warps()
     gl.static_assert(KPLANES, "the register-operand GEMM reads the kplanes layout")
     gl.static_assert(STAGES >= 3, "the ring needs STAGES >= 3 (tile t + 1 is read while tile t - 1's slot refills)")
@@ -208,7 +202,6 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     WT: gl.constexpr = word_layout(BLOCK_N, num_warps, True)
     WC: gl.constexpr = copy_layout(BLOCK_N, num_warps)
     SL: gl.constexpr = gl.SliceLayout(1, WL)
-    AL: gl.constexpr = gl.SliceLayout(1, mma)       # the accumulator's rows (SCALE_ACC's scales)
     x_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], ACT)
     w_sl: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [1, 0])     # 16-byte chunks, rows XOR-swizzled
     x_ld: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [num_warps, 1], [1, 0])
@@ -255,14 +248,9 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     fence_async_shared()
     we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
     zm, zo, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ODD_MAGIC,
-                             ACT, BLOCK_N, SL, AL, SCALE_ACC)
+                             ACT, BLOCK_N, SL)
     sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (scales, words)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-    # SCALE_ACC: ``cur`` sums one K tile's unscaled planes; the previous tile's (``prev``, scales ``sp``) is added
-    # to ``acc`` once its last wgmma retires, MMA_DEPTH steps into the next tile (no wait at the tile's end)
-    cur = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-    prev = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-    sp = gl.zeros([BLOCK_N], gl.float32, AL)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
     for t in range(n_units):
@@ -270,31 +258,17 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         more = t + 1 < n_units
         # the next unit's scales and zeros from global memory a whole unit before their first use
         zm_n, zo_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS,
-                                       MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL, AL, SCALE_ACC)
+                                       MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL)
         for i in gl.static_range(8):
-            p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL, SCALE_ACC), a_l,
-                                  assert_trivial=True)
-            if SCALE_ACC:
-                cur = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), cur, use_acc=i > 0,
-                                    is_async=True)
-                if MMA_DEPTH == 1:
-                    cur, q1, prev = warpgroup_mma_wait(num_outstanding=1, deps=[cur, q1, prev])
-                    q1 = p
-                else:
-                    cur, q2, prev = warpgroup_mma_wait(num_outstanding=2, deps=[cur, q2, prev])
-                    q2 = q1
-                    q1 = p
-                if i == MMA_DEPTH - 1:       # the previous tile's wgmmas have all retired
-                    acc = acc + prev * sp[:, None]
+            p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL), a_l, assert_trivial=True)
+            acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
+            if MMA_DEPTH == 1:
+                acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
+                q1 = p
             else:
-                acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
-                if MMA_DEPTH == 1:
-                    acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
-                    q1 = p
-                else:
-                    acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
-                    q2 = q1
-                    q1 = p
+                acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
+                q2 = q1
+                q1 = p
             if i == 3:
                 async_copy.wait_group(STAGES - 3)
                 # every thread's copies of unit t + 1 have landed, and every warp group's MMAs on unit t - 1 are
@@ -314,18 +288,10 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         wo = wo_n
         zm = zm_n
         zo = zo_n
-        if SCALE_ACC:
-            prev = cur
-            sp = s
         s = s_n
         if STRIPES:
             if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
-                if SCALE_ACC:
-                    prev, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[prev, q1, q2])
-                    acc = acc + prev * sp[:, None]
-                    prev = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-                else:
-                    acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+                acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
                 tile = un * tiles_m + um
                 first = _owner(tile * KT, U, P)
                 last = _owner(tile * KT + KT - 1, U, P)
@@ -336,9 +302,6 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
             um = sm
         uk = sk
         sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
-    if SCALE_ACC:
-        prev, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[prev, q1, q2])
-        acc = acc + prev * sp[:, None]
     acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
     if not STRIPES:
