@@ -113,14 +113,14 @@ def _split_rows(words):
 def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr,
            WL: gl.constexpr):
     """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm`` / ``zo``:
-    the zero as the even / odd planes' magic + z); two rows' nibbles are extracted per 32-bit operation
-    (:func:`_pair_asm`)."""
+    the zero as the even / odd planes' magic + z, the same tensor where the odd planes use MAGIC too); two rows'
+    nibbles are extracted per 32-bit operation (:func:`_pair_asm`)."""
     BLOCK_N: gl.constexpr = we.shape[0]
     lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC, ODD_MAGIC), "=h,=h,r,r", [we, wo],
                                        dtype=(gl.int16, gl.int16), is_pure=True, pack=1)
     v = gl.reshape(gl.join(lo, hi), [BLOCK_N, 16]).to(ACT, bitcast=True)
     v = gl.convert_layout(v, WL, assert_trivial=True)
-    if I % 2 == 1 and ODD_MAGIC != 0:
+    if I % 2 == 1:
         v = v - zo[:, None]
     else:
         v = v - zm[:, None]
@@ -132,7 +132,7 @@ def _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE: gl.
                  MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_N: gl.constexpr,
                  L: gl.constexpr):
     """The zeros of K tile ``uk`` of column tile ``un`` per weight column, in L, as the even planes' MAGIC + z and
-    the odd planes' ODD_MAGIC + z (:func:`_pair_asm`), and its scales."""
+    the odd planes' ODD_MAGIC + z (:func:`_pair_asm`; MAGIC + z again where ODD_MAGIC is 0), and its scales."""
     offs_n = un * BLOCK_N + gl.arange(0, BLOCK_N, layout=L)
     mask_n = offs_n < N
     g = (uk * 128) // GROUP_SIZE
