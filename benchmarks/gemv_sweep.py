@@ -149,6 +149,7 @@ def spec_of(kernel: str, config, launch) -> str | None:
         bits += [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
         bits += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
         bits += [f"ps{c['PER_SM']}"] if c.get("PER_SM", 0) else []
+        bits += ["u"] if c.get("UNROLL", 0) else []
     else:
         bits = [_SHORT[kernel], f"{c['BLOCK_N']}x{c['BLOCK_K']}"]
         if "num_warps" in opts:

@@ -45,6 +45,7 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
                     allocs=[re.search(r"memdesc<([^,]+),", l).group(1) for l in allocs],
                     stores=ttgir.count("ttg.local_store"), spills=stats.get("spills", 0),
                     wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu"),
+                    bars=len(re.findall(r"\bbar(?:rier)?\.sync", ptx)),
                     ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
                     l2_reads=len(re.findall(r"ld\.global\.cg", ptx)),
                     odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx))))
@@ -57,6 +58,10 @@ _CASES = [
     (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, num_warps=4, num_stages=5), "float16", False, False),
     (dict(BLOCK_M=16, BLOCK_N=256, PER_SM=1, num_warps=8, num_stages=4), "float16", True, True),
     (dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, num_warps=4, num_stages=3), "bfloat16", False, False),
+    (dict(BLOCK_M=64, BLOCK_N=64, UNROLL=1, num_warps=4, num_stages=4), "float16", True, False),
+    (dict(BLOCK_M=128, BLOCK_N=128, SPLIT_K=2, UNROLL=1, num_warps=8, num_stages=3), "bfloat16", True, True),
+    (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, UNROLL=1, num_warps=4, num_stages=5), "float16", False, False),
+    (dict(BLOCK_M=16, BLOCK_N=128, PER_SM=3, UNROLL=1, num_warps=4, num_stages=3), "bfloat16", True, False),
 ]
 
 
@@ -65,7 +70,13 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
                          env=aot._child_env())
     assert out.returncode == 0, out.stderr[-3000:]
     for (cfg, dtype, zeros, bias), r in zip(_CASES, json.loads(out.stdout.strip().splitlines()[-1])):
-        assert r["dots"] == 8 and r["reg_a"] == 8, (cfg, r)       # one register-A wgmma per nibble plane
+        # one register-A wgmma per nibble plane (unrolled: STAGES units per round and up to STAGES - 1 after it)
+        bodies = 2 * cfg["num_stages"] - 1 if cfg.get("UNROLL") else 1
+        assert r["dots"] == 8 * bodies and r["reg_a"] == 8 * bodies, (cfg, r)
+        if cfg.get("UNROLL") and not cfg.get("PER_SM"):
+            # one CTA barrier per unit, not two: the rolled loop's barrier pass puts a second one before the refill
+            # (2 per unit + 3 outside it); the unrolled one's extra barriers are in the remainder's branches
+            assert r["bars"] < 2 * bodies, (cfg, r)
         # the only shared memory: the x ring and the packed words (and the epilogue's layout change, fp32)
         assert all(a.endswith(("xf16", "xbf16", "xi32")) for a in r["allocs"]), (cfg, r["allocs"])
         assert r["stores"] == 0, (cfg, r)                           # nothing decoded goes to shared memory
@@ -73,7 +84,9 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
         shared = cfg.get("SPLIT_K", 1) > 1 or cfg.get("PER_SM", 0) > 0       # tiles reduced through the workspace
         # a shared tile: relaxed adds, a CTA barrier, one thread's acq_rel ticket (no fence per thread), the sums
         # read from L2 by the last contributor
-        assert r["fence"] == 0 and r["ticket"] == (1 if shared else 0), (cfg, r)
+        # (a persistent grid finishes tiles inside the loop: one ticket per unit body)
+        tickets = (bodies if cfg.get("PER_SM") else 1) if shared else 0
+        assert r["fence"] == 0 and r["ticket"] == tickets, (cfg, r)
         assert (r["l2_reads"] > 0) == shared, (cfg, r)
         # odd nibble planes: fp16 masks bits 4..7 in place under the magic 64 (no shift); bf16 shifts them down
         if dtype == "float16":
@@ -91,6 +104,7 @@ def test_the_spec_refuses_what_the_kernel_cannot_do():
     assert "cuda" in spec.reason(kp, Target.parse("hip:gfx942"))
     assert "kplanes" in spec.reason(kp.with_layout("standard"), SM90)
     for keys, why in ((dict(BLOCK_M=12), "multiple of 8"), (dict(BLOCK_N=96), "power-of-two multiple"),
+                      (dict(UNROLL=1, num_stages=6), "3..5 slots"),
                       (dict(SPLIT_K=24), "at least one"), (dict(MMA_DEPTH=3), "1 or 2"),
                       (dict(PER_SM=2, SPLIT_K=2), "needs SPLIT_K = 1")):
         c, o = spec.parse(dict(dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), **keys), "t", backend="cuda")
@@ -144,6 +158,25 @@ def test_the_persistent_grid_matches_float64_on_the_gpu(keys):
     grid (one unit per program, every tile reduced by all its K tiles' programs)."""
     _check_on_the_gpu(keys, 128 * 24, 8 * keys["BLOCK_N"] + 8)
     _check_on_the_gpu(keys, 128 * 3, keys["BLOCK_N"] + 8)
+
+
+@pytest.mark.skipif(not _sm90_gpu(), reason="needs an sm90 GPU (Gluon has no interpreter)")
+@pytest.mark.parametrize("keys", [dict(BLOCK_M=64, BLOCK_N=64, UNROLL=1, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=128, BLOCK_N=128, UNROLL=1, num_warps=8, num_stages=3),
+                                  dict(BLOCK_M=64, BLOCK_N=64, SPLIT_K=2, MMA_DEPTH=2, UNROLL=1, num_warps=4,
+                                       num_stages=5),
+                                  dict(BLOCK_M=16, BLOCK_N=128, PER_SM=1, UNROLL=1, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, UNROLL=1, num_warps=4, num_stages=3)],
+                         ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
+def test_the_unrolled_ring_matches_float64_on_the_gpu(keys):
+    """The ring unrolled by its depth: runs of a whole number of rounds (8 K tiles on 4 slots), rounds and a
+    remainder of 1 .. STAGES - 1 units (7 K tiles: 4 + 3, 6 + 1, 5 + 2; split in two: 4 + 3 on 5 slots), runs
+    shorter than one round (2 K tiles), and the persistent grid's runs that start and end inside tiles."""
+    bn = keys["BLOCK_N"]
+    for K in (128 * 8, 128 * 7, 128 * 2):
+        _check_on_the_gpu(keys, K, 2 * bn + 8)
+    if keys.get("PER_SM"):
+        _check_on_the_gpu(keys, 128 * 24, 8 * bn + 8)
 
 
 def _check_on_the_gpu(keys, K, N):

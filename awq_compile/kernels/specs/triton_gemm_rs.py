@@ -27,13 +27,17 @@ class GemmRsConfig(KernelConfig):
     workspace; MMA_DEPTH wgmmas in flight while the next planes decode (1 or 2).  PER_SM > 0: a persistent grid
     of PER_SM programs per SM instead of one program per (tile, split), each walking a contiguous run of
     (tile, K tile) units -- every program streams the same number of weight tiles, and a tile whose K is shared
-    by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1)."""
+    by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1).  UNROLL: each ring slot its
+own shared-memory allocation and the K loop unrolled by the ring depth (3..5), so no slot index is dynamic and
+Triton's barrier pass adds no second CTA barrier per K tile (more code, and more registers where the loop
+carries a persistent grid's unit state)."""
 
     BLOCK_M: int
     BLOCK_N: int
     SPLIT_K: int = 1
     MMA_DEPTH: int = 1
     PER_SM: int = 0
+    UNROLL: bool = False
     BLOCK_K: ClassVar[int] = BLOCK_K     # fixed, not a table key
 
     def check(self, launch, problem, shared_limit):
@@ -51,6 +55,8 @@ class GemmRsConfig(KernelConfig):
                     f"<= 256")
         if ring_depth(launch) < 3:
             return "num_stages (the ring depth) must be >= 3"
+        if self.UNROLL and ring_depth(launch) > 5:
+            return f"UNROLL: the unrolled ring has 3..5 slots, not {ring_depth(launch)}"
         if self.MMA_DEPTH not in (1, 2):
             return f"MMA_DEPTH={self.MMA_DEPTH}: 1 or 2"
         if self.PER_SM and self.SPLIT_K != 1:
@@ -71,6 +77,7 @@ class GemmRsConfig(KernelConfig):
         rest = [f"sk{c['SPLIT_K']}"] if c.get("SPLIT_K", 1) != 1 else []
         rest += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
         rest += [f"per_sm{c['PER_SM']}"] if c.get("PER_SM", 0) else []
+        rest += ["unrolled"] if c.get("UNROLL", 0) else []
         return " ".join([f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}"] + rest)
 
 

@@ -176,15 +176,87 @@ def _load_unit(x_slot, w_slot, x_base, w_base, un, um, uk, ok, M, N, stride_xm, 
 
 
 @gluon.jit
+def _pick(a, b, c, d, e, I: gl.constexpr):
+    """Slot I of an unrolled ring (a static choice: each slot is its own allocation)."""
+    if I == 0:
+        r = a
+    elif I == 1:
+        r = b
+    elif I == 2:
+        r = c
+    elif I == 3:
+        r = d
+    else:
+        r = e
+    return r
+
+
+@gluon.jit
+def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+          x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
+          stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm,
+          GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr, MAGIC: gl.constexpr,
+          ODD_MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+          STAGES: gl.constexpr, MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr, WL: gl.constexpr,
+          WT: gl.constexpr, SL: gl.constexpr, a_l: gl.constexpr, mma: gl.constexpr):
+    """Unit t of the run: its 8 wgmmas on x slot ``xs`` (words we / wo, zeros zm / zo, scales s, already in
+    registers); half-way through, tile t + STAGES - 1 is requested into ``x_fill`` / ``w_fill`` and tile t + 1's
+    words read from ``w_next``; with STRIPES a tile that ends here is finished."""
+    more = t + 1 < n_units
+    # the next unit's scales and zeros from global memory a whole unit before their first use
+    zm_n, zo_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS,
+                                   MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL)
+    for i in gl.static_range(8):
+        p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL), a_l, assert_trivial=True)
+        acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
+        if MMA_DEPTH == 1:
+            acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
+            q1 = p
+        else:
+            acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
+            q2 = q1
+            q1 = p
+        if i == 3:
+            async_copy.wait_group(STAGES - 3)
+            # every thread's copies of unit t + 1 have landed, and every warp group's MMAs on unit t - 1 are
+            # done; then the proxy fence for the x slots wgmma (the async proxy) reads -- after the barrier,
+            # as Triton 3.9 orders it in its own cp.async -> wgmma pipelines: a barrier right after the wait
+            # is one Triton's barrier pass does not double (it adds one after a wait followed by anything else)
+            _barrier()
+            fence_async_shared()
+            _load_unit(x_fill, w_fill, x_base, w_base, ln, lm, lk, t + STAGES - 1 < n_units, M, N, stride_xm,
+                       stride_qk, cn, xm, BLOCK_M, BLOCK_N)
+            async_copy.commit_group()
+            ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
+            # (after the run's last unit these words are not used)
+            we_n, wo_n = _split_rows(gl.permute(w_next.load(WT), [1, 0]))
+    if STRIPES:
+        if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
+            acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+            tile = un * tiles_m + um
+            first = _owner(tile * KT, U, P)
+            last = _owner(tile * KT + KT - 1, U, P)
+            _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, un * BLOCK_N, um * BLOCK_M, tile,
+                         last - first + 1, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, gl.num_warps())
+            acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+        un = sn
+        um = sm
+    uk = sk
+    sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
+    return acc, q1, q2, we_n, wo_n, zm_n, zo_n, s_n, un, um, uk, sn, sm, sk, ln, lm, lk
+
+
+@gluon.jit
 def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
                     M, N, K, stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
                     GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     KPLANES: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                    MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr):
+                    MMA_DEPTH: gl.constexpr, UNROLL: gl.constexpr, STRIPES: gl.constexpr):
     num_warps: gl.constexpr = gl.num_warps()
     gl.static_assert(KPLANES, "the register-operand GEMM reads the kplanes layout")
     gl.static_assert(STAGES >= 3, "the ring needs STAGES >= 3 (tile t + 1 is read while tile t - 1's slot refills)")
+    gl.static_assert(not UNROLL or STAGES <= 5, "the unrolled ring has 3..5 slots")
     gl.static_assert(MMA_DEPTH == 1 or MMA_DEPTH == 2, "MMA_DEPTH is 1 or 2")
     gl.static_assert(SPLIT_K == 1 or not STRIPES, "stripes reduce the tiles they share; SPLIT_K is the grid's")
     BLOCK_K: gl.constexpr = 128
@@ -220,6 +292,8 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         uk = u0 % KT
         n_units = u1 - u0
     else:
+        P = 1
+        U = 0
         per_split = gl.cdiv(KT, SPLIT_K)
         un = gl.program_id(0)
         um = gl.program_id(1)
@@ -232,76 +306,95 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     xm = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_ld))
     xk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, x_ld))
     x_base = x_ptr + xm[:, None] * stride_xm + xk[None, :]
-    x_smem = gl.allocate_shared_memory(ACT, [STAGES, BLOCK_M, BLOCK_K], x_sl)
-    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, 16, BLOCK_N], w_sl)
+    if UNROLL:
+        # One allocation per slot, and the loop unrolled by STAGES so every slot index is static: Triton's
+        # barrier pass then sees that the refill of slot t - 1 touches no buffer unit t's wgmmas read, and adds
+        # no CTA barrier of its own before it (with one [STAGES, ...] buffer and a dynamic slot it did, one per
+        # K tile: at 64x64 the loop was 322 -> 241 SASS instructions per K tile, 2 -> 1 BAR.SYNC).
+        x0 = gl.allocate_shared_memory(ACT, [BLOCK_M, BLOCK_K], x_sl)
+        x1 = gl.allocate_shared_memory(ACT, [BLOCK_M, BLOCK_K], x_sl)
+        x2 = gl.allocate_shared_memory(ACT, [BLOCK_M, BLOCK_K], x_sl)
+        w0 = gl.allocate_shared_memory(gl.int32, [16, BLOCK_N], w_sl)
+        w1 = gl.allocate_shared_memory(gl.int32, [16, BLOCK_N], w_sl)
+        w2 = gl.allocate_shared_memory(gl.int32, [16, BLOCK_N], w_sl)
+        x3 = x0
+        w3 = w0
+        x4 = x0
+        w4 = w0
+        if STAGES >= 4:
+            x3 = gl.allocate_shared_memory(ACT, [BLOCK_M, BLOCK_K], x_sl)
+            w3 = gl.allocate_shared_memory(gl.int32, [16, BLOCK_N], w_sl)
+        if STAGES >= 5:
+            x4 = gl.allocate_shared_memory(ACT, [BLOCK_M, BLOCK_K], x_sl)
+            w4 = gl.allocate_shared_memory(gl.int32, [16, BLOCK_N], w_sl)
+    else:
+        x_smem = gl.allocate_shared_memory(ACT, [STAGES, BLOCK_M, BLOCK_K], x_sl)
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, 16, BLOCK_N], w_sl)
 
     ln = un          # the next unit to load
     lm = um
     lk = uk
-    for t in gl.static_range(STAGES - 1):
-        _load_unit(x_smem.index(t), w_smem.index(t), x_base, w_base, ln, lm, lk, t < n_units, M, N, stride_xm,
-                   stride_qk, cn, xm, BLOCK_M, BLOCK_N)
+    for j in gl.static_range(STAGES - 1):
+        if UNROLL:
+            _load_unit(_pick(x0, x1, x2, x3, x4, j), _pick(w0, w1, w2, w3, w4, j), x_base, w_base, ln, lm, lk,
+                       j < n_units, M, N, stride_xm, stride_qk, cn, xm, BLOCK_M, BLOCK_N)
+        else:
+            _load_unit(x_smem.index(j), w_smem.index(j), x_base, w_base, ln, lm, lk, j < n_units, M, N, stride_xm,
+                       stride_qk, cn, xm, BLOCK_M, BLOCK_N)
         async_copy.commit_group()
         ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
     async_copy.wait_group(STAGES - 2)
     _barrier()
     fence_async_shared()
-    we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
+    if UNROLL:
+        we, wo = _split_rows(gl.permute(w0.load(WT), [1, 0]))     # [BLOCK_N, 16] in WL, by row parity
+    else:
+        we, wo = _split_rows(gl.permute(w_smem.index(0).load(WT), [1, 0]))
     zm, zo, s = _unit_scales(s_ptr, qz_ptr, un, uk, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS, MAGIC, ODD_MAGIC,
                              ACT, BLOCK_N, SL)
     sn, sm, sk = _next_unit(un, um, uk, KT, tiles_m, STRIPES)    # the unit after the current one (scales, words)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
-    for t in range(n_units):
-        xs = x_smem.index(t % STAGES)
-        more = t + 1 < n_units
-        # the next unit's scales and zeros from global memory a whole unit before their first use
-        zm_n, zo_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS,
-                                       MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL)
-        for i in gl.static_range(8):
-            p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL), a_l, assert_trivial=True)
-            acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
-            if MMA_DEPTH == 1:
-                acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
-                q1 = p
-            else:
-                acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
-                q2 = q1
-                q1 = p
-            if i == 3:
-                async_copy.wait_group(STAGES - 3)
-                # every thread's copies of unit t + 1 have landed, and every warp group's MMAs on unit t - 1 are
-                # done; then the proxy fence for the x slots wgmma (the async proxy) reads -- after the barrier,
-                # as Triton 3.9 orders it in its own cp.async -> wgmma pipelines: a barrier right after the wait
-                # is one Triton's barrier pass does not double (it adds one after a wait followed by anything else)
-                _barrier()
-                fence_async_shared()
-                nt = t + STAGES - 1
-                _load_unit(x_smem.index(nt % STAGES), w_smem.index(nt % STAGES), x_base, w_base, ln, lm, lk,
-                           nt < n_units, M, N, stride_xm, stride_qk, cn, xm, BLOCK_M, BLOCK_N)
-                async_copy.commit_group()
-                ln, lm, lk = _next_unit(ln, lm, lk, KT, tiles_m, STRIPES)
-                t1 = gl.minimum(t + 1, n_units - 1)
-                we_n, wo_n = _split_rows(gl.permute(w_smem.index(t1 % STAGES).load(WT), [1, 0]))
-        we = we_n
-        wo = wo_n
-        zm = zm_n
-        zo = zo_n
-        s = s_n
-        if STRIPES:
-            if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
-                acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
-                tile = un * tiles_m + um
-                first = _owner(tile * KT, U, P)
-                last = _owner(tile * KT + KT - 1, U, P)
-                _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, un * BLOCK_N, um * BLOCK_M, tile,
-                             last - first + 1, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
-                acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
-            un = sn
-            um = sm
-        uk = sk
-        sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
+    if UNROLL:
+        # unit t0 + j in slot j; the refill (unit t + STAGES - 1) goes to slot j - 1, the next words are slot j + 1.
+        # Whole rounds of STAGES units, then the last n_units % STAGES units each under a branch (a branch in the
+        # loop made the barrier pass put its second barrier back).
+        full = n_units - n_units % STAGES
+        for t0 in range(0, full, STAGES):
+            for j in gl.static_range(STAGES):
+                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+                    _pick(x0, x1, x2, x3, x4, j), _pick(x0, x1, x2, x3, x4, (j + STAGES - 1) % STAGES),
+                    _pick(w0, w1, w2, w3, w4, (j + STAGES - 1) % STAGES),
+                    _pick(w0, w1, w2, w3, w4, (j + 1) % STAGES), t0 + j, n_units,
+                    acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                    x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
+                    stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
+                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
+                    a_l, mma)
+        for j in gl.static_range(STAGES - 1):
+            if full + j < n_units:
+                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+                    _pick(x0, x1, x2, x3, x4, j), _pick(x0, x1, x2, x3, x4, (j + STAGES - 1) % STAGES),
+                    _pick(w0, w1, w2, w3, w4, (j + STAGES - 1) % STAGES),
+                    _pick(w0, w1, w2, w3, w4, (j + 1) % STAGES), full + j, n_units,
+                    acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                    x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
+                    stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
+                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
+                    a_l, mma)
+    else:
+        for t in range(n_units):
+            nt = t + STAGES - 1
+            t1 = gl.minimum(t + 1, n_units - 1)
+            acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+                x_smem.index(t % STAGES), x_smem.index(nt % STAGES), w_smem.index(nt % STAGES),
+                w_smem.index(t1 % STAGES), t, n_units,
+                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
+                stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
+                HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
+                a_l, mma)
     acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
     if not STRIPES:
