@@ -1,7 +1,9 @@
-"""Launch ``triton_gemm_wide`` configs once each (after a warm-up launch) for ncu.
+"""Launch ``triton_gemm_wide`` / ``triton_gemm_rs`` configs once each (after a warm-up launch) for ncu.
 
 ``ncu --clock-control none --section SpeedOfLight --section WarpStateStats ... -k regex:_gemm_wide
 python -m benchmarks.wide_profile --shape 4096x14336 --ms 256,4096 --configs 256x128x64:8:3:t,...``
+(``wide_sweep``'s spellings; a register-operand spec ``BMxBN:...`` runs on kplanes weights, converted through
+``awq_compile.formats.convert``: profile it with ``-k regex:_gemm_rs``).
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ def main(argv=None):
     K, N = (int(v) for v in args.shape.split("x"))
     dtype = getattr(torch, args.dtype)
     std = AWQ.to_standard(*random_awq(K, N, G, dtype=dtype))
+    kplanes = None
     target = detect(torch.device("cuda"))
     for M in (int(m) for m in args.ms.split(",")):
         x = torch.randn(M, K, dtype=dtype, device="cuda")
         out = torch.empty(M, N, dtype=dtype, device="cuda")
         for spec in args.configs.split(","):
-            _run_cfg(spec, x, std, out, target)          # warm-up (compile), skipped by ncu's --launch-skip
+            w = std
+            if spec.split(":")[0].count("x") == 1:      # the register-operand GEMM reads kplanes
+                if kplanes is None:
+                    from awq_compile.formats.convert import convert
+                    kplanes = convert(std, "kplanes")
+                w = kplanes
+            _run_cfg(spec, x, w, out, target)            # warm-up (compile), skipped by ncu's --launch-skip
             torch.cuda.synchronize()
-            _run_cfg(spec, x, std, out, target)
+            _run_cfg(spec, x, w, out, target)
             torch.cuda.synchronize()
             print(f"launched {spec} M={M}", flush=True)
 

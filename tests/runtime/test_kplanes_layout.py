@@ -99,9 +99,9 @@ def test_plan_text_carries_the_layout():
     assert plan.describe() == (
         "weights kplanes; M 1..1: triton_gemv 1x256x128 sk32 fma_decode w2 st1; "
         "M 2..4: triton_gemm_rs 8x128x128 per_sm3 w4 st3; M 5..16: triton_gemm_rs 16x128x128 per_sm3 w4 st3; "
-        "M 17..32: triton_gemm_rs 32x128x128 per_sm2 w4 st3; "
-        "M 33..64: triton_gemm_rs 64x64x128 w4 st4; M 65..128: triton_gemm_rs 128x128x128 w8 st4; "
-        "M 129..256: triton_gemm_rs 256x128x128 w8 st3; M 257..inf: triton_dequant_mm 64x32 w4 st1")
+        "M 17..32: triton_gemm_rs 32x128x128 per_sm2 unrolled w4 st3; "
+        "M 33..64: triton_gemm_rs 64x64x128 w4 st4; M 65..128: triton_gemm_rs 128x128x128 unrolled w8 st4; "
+        "M 129..256: triton_gemm_rs 256x128x128 unrolled w8 st3; M 257..inf: triton_dequant_mm 64x32 w4 st1")
     # a standard plan's text is what it was before the layout existed
     assert "@layout" not in select(Problem(4096, 4096, 64, True, "float16"), SM90).encode()
     with pytest.raises(TableError, match="cpu_int4pack reads the standard layout, not kplanes"):
