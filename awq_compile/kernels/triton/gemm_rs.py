@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language import _core as _gl_core
 from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
@@ -49,6 +50,19 @@ from .decode import _owner       # a stripe's unit arithmetic, as the stripe ker
 # the spellings that differ between Triton 3.6 and 3.9
 _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+
+
+@_gl_core.builtin
+def _wait_own(num_outstanding, deps, _semantic=None):
+    """``warpgroup_mma_wait`` for this warp group's MMAs only (``warpGroupLocal``).  The K loop's waits exist to
+    bound the MMAs in flight and keep their register operands alive; the ring's slots are handed back by the
+    explicit CTA barrier after the tile's ``wait_group``, which follows a wait of every warp group.  Since
+    Triton 3.9 a wait with more than 4 warps is otherwise taken to stand for every warp group's MMAs, and the
+    barrier pass puts a CTA barrier after each of the 8 waits of a K tile (8-warp tiles); 3.6 has no such
+    attribute, treats the wait as local and ignores it (the same PTX)."""
+    out = warpgroup_mma_wait(num_outstanding, deps, _semantic=_semantic)
+    (out[0] if isinstance(out, tuple) else out).handle.set_attr("warpGroupLocal", _semantic.builder.get_unit_attr())
+    return out
 
 
 @gluon.constexpr_function
@@ -210,10 +224,10 @@ def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, q1, q2, we, wo, zm, zo, s
         p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL), a_l, assert_trivial=True)
         acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
         if MMA_DEPTH == 1:
-            acc, q1 = warpgroup_mma_wait(num_outstanding=1, deps=[acc, q1])
+            acc, q1 = _wait_own(1, [acc, q1])
             q1 = p
         else:
-            acc, q2 = warpgroup_mma_wait(num_outstanding=2, deps=[acc, q2])
+            acc, q2 = _wait_own(2, [acc, q2])
             q2 = q1
             q1 = p
         if i == 3:
