@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from .wide_sweep import G, _run_cfg
+from .wide_sweep import G, _run_cfg, resolve
 
 
 def main(argv=None):
@@ -36,7 +36,7 @@ def main(argv=None):
         out = torch.empty(M, N, dtype=dtype, device="cuda")
         for spec in args.configs.split(","):
             w = std
-            if spec.split(":")[0].count("x") == 1:      # the register-operand GEMM reads kplanes
+            if resolve(spec)[0] == "triton_gemm_rs":    # the register-operand GEMM reads kplanes
                 if kplanes is None:
                     from awq_compile.formats.convert import convert
                     kplanes = convert(std, "kplanes")

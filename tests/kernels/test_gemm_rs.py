@@ -32,6 +32,8 @@ import json, re, sys
 from awq_compile.kernels import aot
 from awq_compile.kernels.aot import AotRequest
 
+BAR = re.compile(r"\bbar(?:rier)?\.sync")
+
 def wait_bars(ptx):
     # CTA barriers after an in-loop wgmma wait (one that leaves MMAs in flight) in its basic block, before the
     # next copy wait or MMA (a branch into the K remainder starts with a barrier of its own: not counted)
@@ -41,7 +43,7 @@ def wait_bars(ptx):
             after = True
         elif re.search(r"cp\.async\.wait_group|wgmma\.mma_async|wgmma\.wait_group|^\$L__BB", l):
             after = False
-        elif after and re.search(r"\bbar(?:rier)?\.sync", l):
+        elif after and BAR.search(l):
             n, after = n + 1, False
     return n
 
@@ -56,7 +58,7 @@ def loop_bars(ptx):
                  if re.search(r"\bbra(\.uni)?\s+" + re.escape(label) + ";", lines[i])), None)
     if back is None:
         return None
-    return sum(1 for l in lines[head:back] if re.search(r"\bbar(?:rier)?\.sync", l))
+    return sum(1 for l in lines[head:back] if BAR.search(l))
 
 out = []
 for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
@@ -71,7 +73,7 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
                     allocs=[re.search(r"memdesc<([^,]+),", l).group(1) for l in allocs],
                     stores=ttgir.count("ttg.local_store"), spills=stats.get("spills", 0),
                     wgmma=len(re.findall(r"wgmma.mma_async", ptx)), fence=ptx.count("fence.acq_rel.gpu"),
-                    bars=len(re.findall(r"\bbar(?:rier)?\.sync", ptx)), wait_bars=wait_bars(ptx), loop_bars=loop_bars(ptx),
+                    wait_bars=wait_bars(ptx), loop_bars=loop_bars(ptx),
                     ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
                     l2_reads=len(re.findall(r"ld\.global\.cg", ptx)),
                     odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx))))
