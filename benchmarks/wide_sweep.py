@@ -13,9 +13,10 @@ standard layout), ``cublas`` (fp16 ``x @ W``) and each config -- relative error 
 NaN-poisoned output before it is timed; every row says its layout.  The best config per (row, layout) is
 relaunched ``--stress`` times on fresh poison (half with fresh x).  Config spelling:
 ``BMxBNxBK:warps:stages[:t][:p1][:sk2][:g4][:x]`` (t = TRANS, pN = PERSIST N, skN = SPLIT_K N, gN = GROUP_M N,
-x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2][:ps2][:u]`` is the register-operand
+x = XPERM for the plane GEMM); a two-number tile ``BMxBN:warps:stages[:sk2][:d2][:ps2][:u][:a]`` is the register-operand
 Gluon GEMM ``triton_gemm_rs`` (its K tile is 128; stages = its ring depth; dN = MMA_DEPTH N; psN = PER_SM N, the
-persistent stripe grid; u = UNROLL, the ring unrolled into one allocation per slot; kplanes only).
+persistent stripe grid; u = UNROLL, the ring unrolled into one allocation per slot; a = ACC_SCALE, the scale
+applied to a K tile's fp32 partial; kplanes only).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def parse(spec: str) -> dict:
             cfg["GROUP_M"] = int(flag[1:])
         elif flag == "u" and len(tile) == 2:
             cfg["UNROLL"] = 1
+        elif flag == "a" and len(tile) == 2:
+            cfg["ACC_SCALE"] = 1
         elif flag == "x":
             cfg["XPERM"] = 1
         else:

@@ -76,7 +76,9 @@ for cfg, dtype, zeros, bias in json.loads(sys.argv[1]):
                     wait_bars=wait_bars(ptx), loop_bars=loop_bars(ptx),
                     ticket=len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)),
                     l2_reads=len(re.findall(r"ld\.global\.cg", ptx)),
-                    odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx))))
+                    odd_masks=ptx.count("0x00F000F0"), shifts=len(re.findall(r"shr\.b32 t, t, 4", ptx)),
+                    act_muls=len(re.findall(r"\bmul(?:\.rn)?\.b?f16(?:x2)?\s", ptx)),
+                    f32_fmas=len(re.findall(r"\bfma\.rn\.f32\s", ptx))))
 print(json.dumps(out))
 """
 
@@ -90,6 +92,9 @@ _CASES = [
     (dict(BLOCK_M=128, BLOCK_N=128, SPLIT_K=2, UNROLL=1, num_warps=8, num_stages=3), "bfloat16", True, True),
     (dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, UNROLL=1, num_warps=4, num_stages=5), "float16", False, False),
     (dict(BLOCK_M=16, BLOCK_N=128, PER_SM=3, UNROLL=1, num_warps=4, num_stages=3), "bfloat16", True, False),
+    (dict(BLOCK_M=64, BLOCK_N=64, ACC_SCALE=1, num_warps=4, num_stages=4), "float16", True, False),
+    (dict(BLOCK_M=64, BLOCK_N=128, SPLIT_K=2, ACC_SCALE=1, num_warps=8, num_stages=4), "bfloat16", False, True),
+    (dict(BLOCK_M=16, BLOCK_N=128, PER_SM=3, ACC_SCALE=1, num_warps=4, num_stages=3), "float16", True, True),
 ]
 
 
@@ -124,6 +129,14 @@ def test_every_wgmma_takes_the_decoded_weight_from_registers():
             assert r["odd_masks"] > 0 and r["shifts"] == 0, (cfg, r)
         else:
             assert r["odd_masks"] == 0 and r["shifts"] > 0, (cfg, r)
+        # the group scale: one multiply per decoded K row in the activation dtype, or (ACC_SCALE) none, and an fp32
+        # FMA per accumulator element per K tile instead (BLOCK_N x BLOCK_M over the threads; twice in a rolled
+        # loop of a grid without stripes: the loop's and the last tile's after it)
+        if cfg.get("ACC_SCALE"):
+            per_thread = cfg["BLOCK_N"] * cfg["BLOCK_M"] // (32 * cfg["num_warps"])
+            assert r["act_muls"] == 0 and r["f32_fmas"] >= per_thread, (cfg, r)
+        else:
+            assert r["act_muls"] > 0, (cfg, r)
 
 
 def test_the_spec_refuses_what_the_kernel_cannot_do():
@@ -210,14 +223,34 @@ def test_the_unrolled_ring_matches_float64_on_the_gpu(keys):
         _check_on_the_gpu(keys, 128 * 24, 8 * bn + 8)
 
 
-def _check_on_the_gpu(keys, K, N):
+@pytest.mark.skipif(not _sm90_gpu(), reason="needs an sm90 GPU (Gluon has no interpreter)")
+@pytest.mark.parametrize("keys", [dict(BLOCK_M=64, BLOCK_N=64, ACC_SCALE=1, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=64, BLOCK_N=128, SPLIT_K=2, ACC_SCALE=1, num_warps=8, num_stages=4),
+                                  dict(BLOCK_M=64, BLOCK_N=64, MMA_DEPTH=2, ACC_SCALE=1, num_warps=4, num_stages=3),
+                                  dict(BLOCK_M=128, BLOCK_N=128, ACC_SCALE=1, num_warps=8, num_stages=4),
+                                  dict(BLOCK_M=16, BLOCK_N=128, PER_SM=1, ACC_SCALE=1, num_warps=4, num_stages=3),
+                                  dict(BLOCK_M=8, BLOCK_N=128, PER_SM=3, ACC_SCALE=1, num_warps=4, num_stages=3)],
+                         ids=lambda k: "-".join(f"{a}{b}" for a, b in k.items()))
+def test_the_scale_on_the_partial_matches_float64_on_the_gpu(keys):
+    """ACC_SCALE: each K tile's partial added times its scale -- one K tile, several, an uneven split, the persistent
+    grid's tiles that end inside the loop (the next unit must add a zero partial), and groups of 256 rows (one scale
+    for two K tiles)."""
+    bn = keys["BLOCK_N"]
+    for K in (128, 128 * 7):
+        _check_on_the_gpu(keys, K, 2 * bn + 8)
+    _check_on_the_gpu(keys, 128 * 6, 2 * bn + 8, group=256)
+    if keys.get("PER_SM"):
+        _check_on_the_gpu(keys, 128 * 24, 8 * bn + 8)
+
+
+def _check_on_the_gpu(keys, K, N, group=128):
     from awq_compile.formats.kplanes import to_kplanes
     from awq_compile.kernels.triton.launch import run
 
     spec = get_spec("triton_gemm_rs")
     config, opts = spec.parse(keys, "t", backend="cuda")
     bm = keys["BLOCK_M"]
-    G = 128
+    G = group
     seed = hash((K, N) + tuple(keys.items())) % 2**31
     for dtype, zeros, M, misaligned in ((torch.float16, True, bm + 3, False), (torch.bfloat16, False, 2 * bm, False),
                                         (torch.bfloat16, True, 5, True), (torch.float16, False, bm - 1, True)):

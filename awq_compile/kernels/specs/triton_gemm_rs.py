@@ -30,7 +30,10 @@ class GemmRsConfig(KernelConfig):
     by several runs is reduced through the same workspace (PER_SM needs SPLIT_K = 1).  UNROLL: each ring slot its
 own shared-memory allocation and the K loop unrolled by the ring depth (3..5), so no slot index is dynamic and
 Triton's barrier pass adds no second CTA barrier per K tile (more code, and more registers where the loop
-carries a persistent grid's unit state)."""
+carries a persistent grid's unit state).  ACC_SCALE: the group scale applied to each K tile's fp32 partial (the
+wgmmas take ``q - z``: one FMA per accumulator element per K tile instead of one fp16x2 multiply per pair of K rows
+on the path into every wgmma; one more accumulator's registers, and a wait for the tile's MMAs as the next one
+starts)."""
 
     BLOCK_M: int
     BLOCK_N: int
@@ -38,6 +41,7 @@ carries a persistent grid's unit state)."""
     MMA_DEPTH: int = 1
     PER_SM: int = 0
     UNROLL: bool = False
+    ACC_SCALE: bool = False
     BLOCK_K: ClassVar[int] = BLOCK_K     # fixed, not a table key
 
     def check(self, launch, problem, shared_limit):
@@ -78,6 +82,7 @@ carries a persistent grid's unit state)."""
         rest += [f"d{c['MMA_DEPTH']}"] if c.get("MMA_DEPTH", 1) != 1 else []
         rest += [f"per_sm{c['PER_SM']}"] if c.get("PER_SM", 0) else []
         rest += ["unrolled"] if c.get("UNROLL", 0) else []
+        rest += ["acc_scale"] if c.get("ACC_SCALE", 0) else []
         return " ".join([f"{self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}"] + rest)
 
 

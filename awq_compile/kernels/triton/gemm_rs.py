@@ -125,10 +125,11 @@ def _split_rows(words):
 
 @gluon.jit
 def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: gl.constexpr, ACT: gl.constexpr,
-           WL: gl.constexpr):
-    """Nibble plane I of the K tile as ``(q - z) * s`` in the activation dtype, [BLOCK_N, 16] in WL (``zm`` / ``zo``:
-    the zero as the even / odd planes' magic + z, the same tensor where the odd planes use MAGIC too); two rows'
-    nibbles are extracted per 32-bit operation (:func:`_pair_asm`)."""
+           WL: gl.constexpr, SCALED: gl.constexpr):
+    """Nibble plane I of the K tile as ``(q - z) * s`` (SCALED; else ``q - z``, the scale applied to the fp32 partial)
+    in the activation dtype, [BLOCK_N, 16] in WL (``zm`` / ``zo``: the zero as the even / odd planes' magic + z, the
+    same tensor where the odd planes use MAGIC too); two rows' nibbles are extracted per 32-bit operation
+    (:func:`_pair_asm`)."""
     BLOCK_N: gl.constexpr = we.shape[0]
     lo, hi = gl.inline_asm_elementwise(_pair_asm(I, MAGIC, ODD_MAGIC), "=h,=h,r,r", [we, wo],
                                        dtype=(gl.int16, gl.int16), is_pure=True, pack=1)
@@ -138,7 +139,9 @@ def _plane(we, wo, I: gl.constexpr, zm, zo, s, MAGIC: gl.constexpr, ODD_MAGIC: g
         v = v - zo[:, None]
     else:
         v = v - zm[:, None]
-    return v * s[:, None]
+    if SCALED:
+        v = v * s[:, None]
+    return v
 
 
 @gluon.jit
@@ -206,30 +209,38 @@ def _pick(a, b, c, d, e, I: gl.constexpr):
 
 
 @gluon.jit
-def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
-          x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
+def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk,
+          ln, lm, lk, x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
           stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm,
           GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr, MAGIC: gl.constexpr,
           ODD_MAGIC: gl.constexpr, ACT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-          STAGES: gl.constexpr, MMA_DEPTH: gl.constexpr, STRIPES: gl.constexpr, WL: gl.constexpr,
-          WT: gl.constexpr, SL: gl.constexpr, a_l: gl.constexpr, mma: gl.constexpr):
+          STAGES: gl.constexpr, MMA_DEPTH: gl.constexpr, ACC_SCALE: gl.constexpr, STRIPES: gl.constexpr,
+          WL: gl.constexpr, WT: gl.constexpr, SL: gl.constexpr, a_l: gl.constexpr, mma: gl.constexpr):
     """Unit t of the run: its 8 wgmmas on x slot ``xs`` (words we / wo, zeros zm / zo, scales s, already in
     registers); half-way through, tile t + STAGES - 1 is requested into ``x_fill`` / ``w_fill`` and tile t + 1's
-    words read from ``w_next``; with STRIPES a tile that ends here is finished."""
+    words read from ``w_next``; with STRIPES a tile that ends here is finished.
+
+    Without ACC_SCALE the wgmmas accumulate ``(q - z) s`` into ``acc``.  With it they accumulate ``q - z`` into the
+    unit's fp32 partial ``part`` (the first with use_acc off); the previous unit's partial, still in ``part``, is
+    waited for (every MMA) once plane 0 is decoded and added to ``acc`` times its scale ``sp`` before plane 0's
+    wgmma overwrites it."""
     more = t + 1 < n_units
     # the next unit's scales and zeros from global memory a whole unit before their first use
     zm_n, zo_n, s_n = _unit_scales(s_ptr, qz_ptr, sn, sk * more, N, stride_sg, stride_zg, GROUP_SIZE, HAS_ZEROS,
                                    MAGIC, ODD_MAGIC, ACT, BLOCK_N, SL)
     for i in gl.static_range(8):
-        p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL), a_l, assert_trivial=True)
-        acc = warpgroup_mma(p, xs.slice(16 * i, 16, dim=1).permute((1, 0)), acc, is_async=True)
-        if MMA_DEPTH == 1:
-            acc, q1 = _wait_own(1, [acc, q1])
-            q1 = p
+        p = gl.convert_layout(_plane(we, wo, i, zm, zo, s, MAGIC, ODD_MAGIC, ACT, WL, ACC_SCALE == 0), a_l,
+                              assert_trivial=True)
+        b = xs.slice(16 * i, 16, dim=1).permute((1, 0))
+        if ACC_SCALE:
+            if i == 0:
+                part, q1, q2 = _wait_own(0, [part, q1, q2])
+                acc = _fold(acc, part, sp, mma)
+            part = warpgroup_mma(p, b, part, use_acc=i > 0, is_async=True)
+            part, q1, q2 = _bound(part, q1, q2, p, MMA_DEPTH)
         else:
-            acc, q2 = _wait_own(2, [acc, q2])
-            q2 = q1
-            q1 = p
+            acc = warpgroup_mma(p, b, acc, is_async=True)
+            acc, q1, q2 = _bound(acc, q1, q2, p, MMA_DEPTH)
         if i == 3:
             async_copy.wait_group(STAGES - 3)
             # every thread's copies of unit t + 1 have landed, and every warp group's MMAs on unit t - 1 are
@@ -246,7 +257,13 @@ def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, q1, q2, we, wo, zm, zo, s
             we_n, wo_n = _split_rows(gl.permute(w_next.load(WT), [1, 0]))
     if STRIPES:
         if (uk == KT - 1) | (t == n_units - 1):      # the end of this program's share of tile (un, um)
-            acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+            if ACC_SCALE:
+                # this unit's partial now, and a zero one for the next unit to add
+                acc, part, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, part, q1, q2])
+                acc = _fold(acc, part, s, mma)
+                part = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+            else:
+                acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
             tile = un * tiles_m + um
             first = _owner(tile * KT, U, P)
             last = _owner(tile * KT + KT - 1, U, P)
@@ -257,7 +274,31 @@ def _unit(xs, x_fill, w_fill, w_next, t, n_units, acc, q1, q2, we, wo, zm, zo, s
         um = sm
     uk = sk
     sn, sm, sk = _next_unit(sn, sm, sk, KT, tiles_m, STRIPES)
-    return acc, q1, q2, we_n, wo_n, zm_n, zo_n, s_n, un, um, uk, sn, sm, sk, ln, lm, lk
+    if ACC_SCALE:
+        sp = s
+    return acc, part, sp, q1, q2, we_n, wo_n, zm_n, zo_n, s_n, un, um, uk, sn, sm, sk, ln, lm, lk
+
+
+@gluon.jit
+def _bound(acc, q1, q2, p, MMA_DEPTH: gl.constexpr):
+    """Wait until at most MMA_DEPTH wgmmas are in flight (``p``, the A operand of the one just issued, stays alive
+    in q1 / q2 until its MMA is retired)."""
+    if MMA_DEPTH == 1:
+        acc, q1 = _wait_own(1, [acc, q1])
+        q1 = p
+    else:
+        acc, q2 = _wait_own(2, [acc, q2])
+        q2 = q1
+        q1 = p
+    return acc, q1, q2
+
+
+@gluon.jit
+def _fold(acc, part, s, mma: gl.constexpr):
+    """``acc + part x s`` per weight column (row of out^T), in fp32: s, in the word layout's rows, is already in
+    the accumulator's (the layout change is checked trivial)."""
+    sa = gl.convert_layout(s, gl.SliceLayout(1, mma), assert_trivial=True).to(gl.float32)
+    return acc + part * sa[:, None]
 
 
 @gluon.jit
@@ -266,12 +307,13 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
                     GROUP_SIZE: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     KPLANES: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                    MMA_DEPTH: gl.constexpr, UNROLL: gl.constexpr, STRIPES: gl.constexpr):
+                    MMA_DEPTH: gl.constexpr, ACC_SCALE: gl.constexpr, UNROLL: gl.constexpr, STRIPES: gl.constexpr):
     num_warps: gl.constexpr = gl.num_warps()
     gl.static_assert(KPLANES, "the register-operand GEMM reads the kplanes layout")
     gl.static_assert(STAGES >= 3, "the ring needs STAGES >= 3 (tile t + 1 is read while tile t - 1's slot refills)")
     gl.static_assert(not UNROLL or STAGES <= 5, "the unrolled ring has 3..5 slots")
     gl.static_assert(MMA_DEPTH == 1 or MMA_DEPTH == 2, "MMA_DEPTH is 1 or 2")
+    gl.static_assert(not ACC_SCALE or GROUP_SIZE % 128 == 0, "a scale per K tile needs groups of 128 rows")
     gl.static_assert(SPLIT_K == 1 or not STRIPES, "stripes reduce the tiles they share; SPLIT_K is the grid's")
     BLOCK_K: gl.constexpr = 128
     ACT: gl.constexpr = x_ptr.dtype.element_ty
@@ -370,6 +412,9 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
     q1 = gl.zeros([BLOCK_N, 16], ACT, a_l)       # the A operands of the MMAs still in flight
     q2 = gl.zeros([BLOCK_N, 16], ACT, a_l)
+    # ACC_SCALE: a unit's fp32 partial and the scale of the one in it (without ACC_SCALE, unused)
+    part = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+    sp = s
     if UNROLL:
         # unit t0 + j in slot j; the refill (unit t + STAGES - 1) goes to slot j - 1, the next words are slot j + 1.
         # Whole rounds of STAGES units, then the last n_units % STAGES units each under a branch (a branch in the
@@ -377,39 +422,44 @@ def _gemm_rs_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, ws_ptr, loc
         full = n_units - n_units % STAGES
         for t0 in range(0, full, STAGES):
             for j in gl.static_range(STAGES):
-                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+                acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
                     _pick(x0, x1, x2, x3, x4, j), _pick(x0, x1, x2, x3, x4, (j + STAGES - 1) % STAGES),
                     _pick(w0, w1, w2, w3, w4, (j + STAGES - 1) % STAGES),
                     _pick(w0, w1, w2, w3, w4, (j + 1) % STAGES), t0 + j, n_units,
-                    acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                    acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
                     x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
                     stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
-                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
-                    a_l, mma)
+                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, ACC_SCALE, STRIPES, WL,
+                    WT, SL, a_l, mma)
         for j in gl.static_range(STAGES - 1):
             if full + j < n_units:
-                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+                acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
                     _pick(x0, x1, x2, x3, x4, j), _pick(x0, x1, x2, x3, x4, (j + STAGES - 1) % STAGES),
                     _pick(w0, w1, w2, w3, w4, (j + STAGES - 1) % STAGES),
                     _pick(w0, w1, w2, w3, w4, (j + 1) % STAGES), full + j, n_units,
-                    acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                    acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
                     x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
                     stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
-                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
-                    a_l, mma)
+                    HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, ACC_SCALE, STRIPES, WL,
+                    WT, SL, a_l, mma)
     else:
         for t in range(n_units):
             nt = t + STAGES - 1
             t1 = gl.minimum(t + 1, n_units - 1)
-            acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
+            acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk = _unit(
                 x_smem.index(t % STAGES), x_smem.index(nt % STAGES), w_smem.index(nt % STAGES),
                 w_smem.index(t1 % STAGES), t, n_units,
-                acc, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
+                acc, part, sp, q1, q2, we, wo, zm, zo, s, un, um, uk, sn, sm, sk, ln, lm, lk,
                 x_base, w_base, s_ptr, qz_ptr, out_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, KT, tiles_m, U, P,
                 stride_xm, stride_qk, stride_zg, stride_sg, stride_om, cn, xm, GROUP_SIZE, HAS_ZEROS,
-                HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, STRIPES, WL, WT, SL,
-                a_l, mma)
-    acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
+                HAS_BIAS, MAGIC, ODD_MAGIC, ACT, BLOCK_M, BLOCK_N, STAGES, MMA_DEPTH, ACC_SCALE, STRIPES, WL, WT,
+                SL, a_l, mma)
+    if ACC_SCALE:
+        acc, part, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, part, q1, q2])
+        if not STRIPES:     # the last unit's partial (a persistent grid has added each tile's as the tile ended)
+            acc = _fold(acc, part, sp, mma)
+    else:
+        acc, q1, q2 = warpgroup_mma_wait(num_outstanding=0, deps=[acc, q1, q2])
     async_copy.wait_group(0)
     if not STRIPES:
         _finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, gl.program_id(0) * BLOCK_N, gl.program_id(1) * BLOCK_M,
